@@ -1,0 +1,153 @@
+"""The canonical utterance schema shared by every stage, and the small I/O helpers around it.
+
+Every dataset the recipe writes has one row per utterance with the columns in ``COLUMNS``
+(see DESIGN.md). Audio is stored as 16 kHz mono 16-bit WAV bytes inside the dataset, so a
+saved dataset is self-contained and stages can be rerun from it alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+SAMPLE_RATE = 16_000
+ORIGINS = ("real", "perturbed", "synthetic")
+COLUMNS = ("id", "audio", "text", "speaker", "accent", "origin", "parent_id", "generator", "duration")
+# Columns the filter stage adds to scored candidates.
+FILTER_COLUMNS = ("log_ratio", "accept_prob", "accepted", "fold")
+
+
+def features():
+    """`datasets.Features` of the canonical schema (imported lazily: datasets is slow to import)."""
+    from datasets import Audio, Features, Value
+
+    return Features(
+        {
+            "id": Value("string"),
+            "audio": Audio(sampling_rate=SAMPLE_RATE),
+            "text": Value("string"),
+            "speaker": Value("string"),
+            "accent": Value("string"),
+            "origin": Value("string"),
+            "parent_id": Value("string"),
+            "generator": Value("string"),
+            "duration": Value("float32"),
+        }
+    )
+
+
+def encode_wav(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """16-bit PCM WAV bytes; samples are clipped to [-1, 1] (PCM cannot hold more)."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def decode_audio(value: Any) -> np.ndarray:
+    """Float32 mono samples at 16 kHz from a canonical ``audio`` cell.
+
+    Accepts the undecoded form (``{"bytes": ..., "path": ...}``, what ``Audio(decode=False)`` gives),
+    a decoded dict with ``array``, or a torchcodec ``AudioDecoder`` (datasets >= 4 decodes to that).
+    Our own datasets are always 16 kHz mono, so no resampling happens here.
+    """
+    if isinstance(value, dict):
+        if value.get("array") is not None:
+            return np.asarray(value["array"], dtype=np.float32)
+        data = value.get("bytes")
+        source = io.BytesIO(data) if data is not None else value["path"]
+        samples, rate = sf.read(source, dtype="float32", always_2d=True)
+        if rate != SAMPLE_RATE:
+            raise ValueError(f"expected {SAMPLE_RATE} Hz audio in a canonical dataset, got {rate} Hz")
+        return samples.mean(axis=1)
+    samples = value.get_all_samples()
+    return samples.data.mean(dim=0).numpy().astype(np.float32)
+
+
+def make_row(
+    *,
+    id: str,
+    samples: np.ndarray,
+    text: str,
+    speaker: str = "",
+    accent: str = "",
+    origin: str = "real",
+    parent_id: str = "",
+    generator: dict | None = None,
+) -> dict:
+    """One canonical row from 16 kHz mono samples."""
+    if origin not in ORIGINS:
+        raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
+    return {
+        "id": id,
+        "audio": {"bytes": encode_wav(samples), "path": f"{id}.wav"},
+        "text": text,
+        "speaker": speaker,
+        "accent": accent,
+        "origin": origin,
+        "parent_id": parent_id,
+        "generator": json.dumps(generator or {}, sort_keys=True),
+        "duration": float(len(samples)) / SAMPLE_RATE,
+    }
+
+
+def without_audio_decoding(ds):
+    """The same dataset with audio left as WAV bytes; we decode with soundfile (fast, no ffmpeg)."""
+    from datasets import Audio
+
+    return ds.cast_column("audio", Audio(sampling_rate=SAMPLE_RATE, decode=False))
+
+
+def load_split(path: str | os.PathLike, split: str | None = None):
+    """Load a dataset written by a stage; ``split`` picks one from a saved DatasetDict."""
+    from datasets import DatasetDict, load_from_disk
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first (see run_finetune.sh --help)")
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if split is None:
+            raise ValueError(f"{path} holds splits {list(ds)}; name one")
+        if split not in ds:
+            raise KeyError(f"{path} has no split {split!r}; it has {list(ds)}")
+        ds = ds[split]
+    return ds
+
+
+def atomic_save(ds, path: str | os.PathLike) -> None:
+    """``save_to_disk`` into a temporary sibling, then rename: a killed run never leaves half a dataset."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        ds.save_to_disk(str(tmp))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
