@@ -7,6 +7,7 @@ saved dataset is self-contained and stages can be rerun from it alone.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -122,19 +123,27 @@ def load_split(path: str | os.PathLike, split: str | None = None):
     return ds
 
 
-def atomic_save(ds, path: str | os.PathLike) -> None:
-    """``save_to_disk`` into a temporary sibling, then rename: a killed run never leaves half a dataset."""
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield a temporary sibling folder that replaces ``path`` only if the block finishes:
+    a killed or failed run never leaves a half-written output."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        ds.save_to_disk(str(tmp))
+        yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_save(ds, path: str | os.PathLike) -> None:
+    """``save_to_disk`` through `atomic_dir`."""
+    with atomic_dir(path) as tmp:
+        ds.save_to_disk(str(tmp))
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

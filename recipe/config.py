@@ -174,10 +174,10 @@ def parse_args(section: str, argv: list[str] | None = None, description: str | N
     types = [_resolve(s) for s in SECTIONS[section]]
     run_parser = HfArgumentParser([RunArgs], allow_abbrev=False)
     stage_parser = HfArgumentParser(types, description=description, allow_abbrev=False)
-    stage_parser.add_argument("--config", default=None, help="YAML file with a `run` and a `%s` section." % section)
     run_parser.set_defaults(**yaml_cfg.get("run", {}))
     stage_parser.set_defaults(**yaml_cfg.get(section, {}))
     if "-h" in rest or "--help" in rest:
+        print(f"--config FILE: a YAML file with a `run` and a `{section}` section; --key value overrides it.\n")
         print(run_parser.format_help())
         stage_parser.parse_args(["--help"])
     run_args, rest = run_parser.parse_known_args(rest)

@@ -1,0 +1,240 @@
+"""Stage `prepare`: sources -> canonical 16 kHz datasets (`target_train`, `target_test`, `source`).
+
+    python -m data_prep.prepare --config configs/demo.yaml [--key value ...]
+
+Writes `<output_dir>/data/`: a `DatasetDict` (`save_to_disk`), `report.json` (kept, dropped by
+reason, hours per split), `protected_texts.json` (the leakage guard: texts of every test split,
+which later stages must never synthesize) and `config.yaml` (the resolved config).
+
+Every utterance is decoded and checked here, so later stages never meet a bad file: each problem
+is either a clear error (`on_error: raise`) or a logged, counted skip (`on_error: skip`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from tqdm.auto import tqdm
+
+from data_prep import schema
+from data_prep.leakage import LeakageGuard, normalize_text
+from data_prep.sources import RawUtterance, read_source
+
+log = logging.getLogger(__name__)
+
+# How to fix each kind of bad input; the message names the file, this names the fix.
+FIXES = {
+    "missing_file": "fix the path in the manifest or remove the row",
+    "corrupt_audio": "re-encode it (e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`) or remove it",
+    "empty_audio": "the file holds no samples (or fewer than `min_duration`); remove it or lower `min_duration`",
+    "non_finite": "the audio holds NaN or infinite samples; re-export it from the original recording",
+    "empty_transcript": "give it a transcript or remove the row",
+    "undecodable_transcript": "the transcript is not valid UTF-8; re-save the manifest as UTF-8",
+    "too_long": "split it into shorter utterances or raise `max_duration`",
+    "duplicate_id": "ids must be unique; rename one of the rows",
+    "no_speech": "the prompt is a tone or silence with no words (expected for some corpora)",
+}
+
+
+# Skips a source announces itself (not a defect of the user's data): never an error.
+EXPECTED_SKIPS = {"no_speech"}
+
+
+class BadInput(ValueError):
+    def __init__(self, reason: str, where: str, detail: str = ""):
+        self.reason, self.where = reason, where
+        super().__init__(f"{where}: {reason.replace('_', ' ')}{f' ({detail})' if detail else ''}; fix: {FIXES[reason]}")
+
+
+def decode_file(path: str | None, data: bytes | None) -> tuple[np.ndarray, int]:
+    """(channels-first float32 samples, rate). soundfile handles WAV/FLAC/OGG; anything else
+    (mp3, m4a, ...) goes through torchcodec's ffmpeg decoder."""
+    try:
+        samples, rate = sf.read(io.BytesIO(data) if data is not None else path, dtype="float32", always_2d=True)
+        return samples.T, rate
+    except sf.LibsndfileError:
+        from torchcodec.decoders import AudioDecoder
+
+        decoded = AudioDecoder(data if data is not None else path).get_all_samples()
+        return decoded.data.numpy().astype(np.float32), decoded.sample_rate
+
+
+def to_canonical_audio(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Channels-first audio at any rate -> mono float32 at 16 kHz (mean over channels)."""
+    mono = samples.mean(axis=0) if samples.ndim == 2 else samples
+    if rate == schema.SAMPLE_RATE:
+        return mono.astype(np.float32)
+    return AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, schema.SAMPLE_RATE).numpy()
+
+
+def clean_text(text, where: str) -> str:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BadInput("undecodable_transcript", where, str(e)) from e
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        raise BadInput("empty_transcript", where)
+    text = unicodedata.normalize("NFC", str(text))
+    text = " ".join(text.split())
+    if not text:
+        raise BadInput("empty_transcript", where)
+    return text
+
+
+def load_utterance(raw: RawUtterance, args) -> dict:
+    """Decode and check one utterance; returns a canonical row or raises `BadInput`."""
+    where = raw.origin_file or raw.path or raw.id
+    if raw.skip_reason:
+        raise BadInput(raw.skip_reason, where)
+    text = clean_text(raw.text, where)
+    if raw.audio_bytes is None and not Path(raw.path).is_file():
+        raise BadInput("missing_file", where)
+    try:
+        samples, rate = decode_file(raw.path or None, raw.audio_bytes)
+    except Exception as e:  # noqa: BLE001 - any decoder failure means the same thing to the user
+        raise BadInput("corrupt_audio", where, f"{type(e).__name__}: {e}") from e
+    if samples.size == 0 or samples.shape[-1] / rate < args.min_duration:
+        raise BadInput("empty_audio", where, f"{samples.shape[-1]} samples")
+    if not np.isfinite(samples).all():
+        raise BadInput("non_finite", where)
+    duration = samples.shape[-1] / rate
+    if duration > args.max_duration:
+        raise BadInput("too_long", where, f"{duration:.1f} s > max_duration {args.max_duration} s")
+    audio = to_canonical_audio(samples, rate)
+    return schema.make_row(
+        id=raw.id,
+        samples=audio,
+        text=text,
+        speaker=raw.speaker,
+        accent=raw.accent,
+        origin="real",
+        generator={"source": args.source, "file": raw.path, "original_rate": rate, "original_channels": samples.shape[0]},
+    )
+
+
+def split_target(rows: list[dict], split_by: str, test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole groups (texts, speakers or utterances) so nothing of target_test is seen in
+    training: with `text`, every copy of a sentence lands on the same side."""
+    key = {"text": lambda r: normalize_text(r["text"]), "speaker": lambda r: r["speaker"], "utterance": lambda r: r["id"]}[split_by]
+    groups = sorted({key(r) for r in rows})
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(groups))
+    n_test = int(round(test_fraction * len(groups)))
+    if len(groups) > 1:
+        n_test = min(max(n_test, 1), len(groups) - 1)  # both splits non-empty when possible
+    test_groups = {groups[i] for i in order[:n_test]}
+    train = [r for r in rows if key(r) not in test_groups]
+    test = [r for r in rows if key(r) in test_groups]
+    return train, test
+
+
+def cap(rows: list[dict], n: int, seed: int) -> tuple[list[dict], int]:
+    if n <= 0 or len(rows) <= n:
+        return rows, 0
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))
+    return [rows[i] for i in keep], len(rows) - n
+
+
+def prepare(run, args) -> dict:
+    """Run the stage; returns the report it writes."""
+    from datasets import Dataset, DatasetDict
+
+    t0 = time.time()
+    out_dir = Path(run.output_dir) / "data"
+    rows: list[dict] = []
+    dropped: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    listing = read_source(args)
+    for i, raw in enumerate(tqdm(listing, desc=f"prepare {args.source}", unit="utt")):
+        if args.limit and i >= args.limit:
+            break
+        try:
+            if raw.id in seen:
+                raise BadInput("duplicate_id", raw.origin_file or raw.id, f"id {raw.id!r}")
+            row = load_utterance(raw, args)
+        except BadInput as e:
+            if args.on_error == "raise" and e.reason not in EXPECTED_SKIPS:
+                raise
+            dropped[e.reason] += 1
+            examples.setdefault(e.reason, []).append(str(e))
+            log.warning("skipped %s", e)
+            continue
+        seen.add(raw.id)
+        rows.append(row)
+    if not rows:
+        raise RuntimeError(f"prepare: no usable utterance in source {args.source} {args.path!r}; dropped: {dict(dropped)}")
+
+    targets = set(args.target_speakers)
+    if targets:
+        unknown = targets - {r["speaker"] for r in rows}
+        if unknown:
+            raise ValueError(f"target_speakers {sorted(unknown)} not found; speakers: {sorted({r['speaker'] for r in rows})}")
+    target = [r for r in rows if not targets or r["speaker"] in targets]
+    source = [r for r in rows if targets and r["speaker"] not in targets]
+    train, test = split_target(target, args.split_by, args.test_fraction, run.seed)
+    train, over_train = cap(train, args.max_train_utterances, run.seed)
+    test, over_test = cap(test, args.max_test_utterances, run.seed + 1)
+    if over_train:
+        dropped["over_max_train_utterances"] += over_train
+    if over_test:
+        dropped["over_max_test_utterances"] += over_test
+    if source and not args.keep_source:
+        dropped["non_target_speaker"] += len(source)
+        source = []
+
+    splits = {"target_train": train, "target_test": test}
+    if source:
+        splits["source"] = source
+    features = schema.features()
+    dd = DatasetDict({k: Dataset.from_list(v, features=features) for k, v in splits.items()})
+
+    guard = LeakageGuard([r["text"] for r in test])
+    report = {
+        "stage": "prepare",
+        "source": args.source,
+        "path": args.path,
+        "listed": len(rows) + sum(v for k, v in dropped.items() if not k.startswith("over_") and k != "non_target_speaker"),
+        "kept": {k: len(v) for k, v in splits.items()},
+        "hours": {k: round(sum(r["duration"] for r in v) / 3600, 4) for k, v in splits.items()},
+        "speakers": {k: sorted({r["speaker"] for r in v}) for k, v in splits.items()},
+        "dropped": dict(dropped),
+        "dropped_examples": {k: v[:5] for k, v in examples.items()},
+        "split_by": args.split_by,
+        "protected_texts": len(guard),
+        "seconds": round(time.time() - t0, 2),
+    }
+    from recipe.config import save_resolved
+
+    with schema.atomic_dir(out_dir) as tmp:
+        dd.save_to_disk(str(tmp))
+        guard.save(tmp / "protected_texts.json")
+        schema.write_json(report, tmp / "report.json")
+        save_resolved(tmp / "config.yaml", "prepare", run, args)
+    kept = ", ".join(f"{k} {len(v)} ({report['hours'][k] * 60:.1f} min)" for k, v in splits.items())
+    total_drop = sum(dropped.values())
+    log.info("prepare: kept %s; dropped %d (%s) -> %s", kept, total_drop, dict(dropped) or "none", out_dir)
+    return report
+
+
+def main(argv=None):
+    from recipe.config import parse_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run, args = parse_args("prepare", argv, description=__doc__)
+    prepare(run, args)
+
+
+if __name__ == "__main__":
+    main()

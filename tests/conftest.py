@@ -1,0 +1,41 @@
+"""Shared test helpers: synthesized audio, tiny sources on disk, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tone(seconds: float, rate: int = 16_000, freq: float = 220.0, seed: int = 0, channels: int = 1) -> np.ndarray:
+    """A voiced-looking test signal: a harmonic tone with a slow envelope and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * rate))) / rate
+    x = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 6))
+    x = 0.3 * x * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(len(t))
+    x = x.astype(np.float32)
+    return np.stack([x, 0.5 * x], axis=1) if channels == 2 else x
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = 16_000) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, samples, rate)
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """`../shared/data` beside the repository (or $ASR_SHARED_DATA); skips when absent."""
+    root = Path(os.environ.get("ASR_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not root.is_dir():
+        pytest.skip(f"shared data not found at {root}")
+    return root
