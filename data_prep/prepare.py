@@ -131,7 +131,7 @@ def split_target(rows: list[dict], split_by: str, test_fraction: float, seed: in
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(groups))
     n_test = int(round(test_fraction * len(groups)))
-    if len(groups) > 1:
+    if 0 < test_fraction < 1 and len(groups) > 1:
         n_test = min(max(n_test, 1), len(groups) - 1)  # both splits non-empty when possible
     test_groups = {groups[i] for i in order[:n_test]}
     train = [r for r in rows if key(r) not in test_groups]
@@ -198,7 +198,10 @@ def prepare(run, args) -> dict:
     if source:
         splits["source"] = source
     features = schema.features()
-    dd = DatasetDict({k: Dataset.from_list(v, features=features) for k, v in splits.items()})
+    # from_dict, not from_list: an empty split (test_fraction 1.0) still needs its columns.
+    dd = DatasetDict(
+        {k: Dataset.from_dict({c: [r[c] for r in v] for c in features}, features=features) for k, v in splits.items()}
+    )
 
     guard = LeakageGuard([r["text"] for r in test])
     report = {

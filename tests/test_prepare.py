@@ -1,0 +1,202 @@
+"""The prepare stage: every kind of bad input, resampling/mono, splits, the leakage guard."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import tone, write_wav
+
+from data_prep import schema
+from data_prep.leakage import LeakageGuard
+from data_prep.prepare import BadInput, prepare
+from data_prep.sources import ASTERISK_SOUNDS, read_asterisk
+from recipe.config import parse_args
+
+
+def run_prepare(tmp_path, *overrides):
+    run, args = parse_args("prepare", ["--output_dir", str(tmp_path / "exp"), *overrides])
+    return run, args, prepare(run, args)
+
+
+def write_manifest(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "audio", "text", "speaker"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.fixture
+def messy_source(tmp_path):
+    """A CSV manifest with good files in odd formats and one of every kind of bad input."""
+    d = tmp_path / "src"
+    write_wav(d / "good16k.wav", tone(1.0, 16_000, seed=1))
+    write_wav(d / "stereo44k.wav", tone(1.5, 44_100, seed=2, channels=2), 44_100)
+    write_wav(d / "tel8k.wav", tone(2.0, 8_000, seed=3), 8_000)
+    write_wav(d / "other.wav", tone(1.0, 16_000, seed=4))
+    (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEthis is not audio")
+    sf.write(d / "empty.wav", np.zeros(0, dtype=np.float32), 16_000)
+    nan = tone(0.5, 16_000, seed=5)
+    nan[100] = np.nan
+    sf.write(d / "nan.wav", nan, 16_000, subtype="FLOAT")
+    write_wav(d / "long.wav", tone(31.0, 8_000, seed=6), 8_000)
+    rows = [
+        {"id": "u1", "audio": "good16k.wav", "text": "turn left", "speaker": "a"},
+        {"id": "u2", "audio": "stereo44k.wav", "text": "turn right", "speaker": "a"},
+        {"id": "u3", "audio": "tel8k.wav", "text": "go straight", "speaker": "b"},
+        {"id": "u4", "audio": "other.wav", "text": "stop here", "speaker": "b"},
+        {"id": "bad-missing", "audio": "nowhere.wav", "text": "x", "speaker": "a"},
+        {"id": "bad-corrupt", "audio": "corrupt.wav", "text": "x", "speaker": "a"},
+        {"id": "bad-empty", "audio": "empty.wav", "text": "x", "speaker": "a"},
+        {"id": "bad-nan", "audio": "nan.wav", "text": "x", "speaker": "a"},
+        {"id": "bad-notext", "audio": "good16k.wav", "text": "   ", "speaker": "a"},
+        {"id": "bad-long", "audio": "long.wav", "text": "x", "speaker": "a"},
+        {"id": "u1", "audio": "other.wav", "text": "duplicate", "speaker": "a"},
+    ]
+    manifest = d / "manifest.csv"
+    write_manifest(manifest, rows)
+    # A transcript that is not UTF-8 (Latin-1 bytes): reported, not a crash in the CSV reader.
+    with open(manifest, "ab") as f:
+        f.write(b"bad-encoding,good16k.wav,caf\xe9 au lait,a\n")
+    return manifest
+
+
+def test_bad_inputs_are_skipped_counted_and_named(tmp_path, messy_source):
+    run, args, report = run_prepare(tmp_path, "--source", "csv", "--path", str(messy_source), "--split_by", "utterance")
+    assert report["dropped"] == {
+        "missing_file": 1,
+        "corrupt_audio": 1,
+        "empty_audio": 1,
+        "non_finite": 1,
+        "empty_transcript": 1,
+        "too_long": 1,
+        "duplicate_id": 1,
+        "undecodable_transcript": 1,
+    }
+    assert sum(report["kept"].values()) == 4
+    assert report["listed"] == 12
+    # each reason keeps an example that names the file and the fix
+    assert "nowhere.wav" in report["dropped_examples"]["missing_file"][0]
+    assert "fix:" in report["dropped_examples"]["corrupt_audio"][0]
+    out = tmp_path / "exp" / "data"
+    assert (out / "report.json").is_file() and (out / "config.yaml").is_file()
+    assert json.loads((out / "report.json").read_text())["dropped"]["non_finite"] == 1
+
+
+@pytest.mark.parametrize(
+    "row_audio, text, reason",
+    [
+        ("nowhere.wav", "x", "missing file"),
+        ("corrupt.wav", "x", "corrupt audio"),
+        ("empty.wav", "x", "empty audio"),
+        ("nan.wav", "x", "non finite"),
+        ("good16k.wav", "", "empty transcript"),
+        ("long.wav", "x", "too long"),
+    ],
+)
+def test_on_error_raise_names_file_and_fix(tmp_path, messy_source, row_audio, text, reason):
+    m = messy_source.parent / "one.csv"
+    write_manifest(m, [{"id": "z", "audio": row_audio, "text": text, "speaker": "a"}])
+    with pytest.raises(BadInput, match=reason) as e:
+        run_prepare(tmp_path, "--source", "csv", "--path", str(m), "--on_error", "raise")
+    assert row_audio in str(e.value) and "fix:" in str(e.value)
+
+
+def test_audio_is_mono_16k_with_true_duration(tmp_path, messy_source):
+    run_prepare(tmp_path, "--source", "csv", "--path", str(messy_source), "--split_by", "utterance", "--test_fraction", "0.5")
+    dd = schema.load_split(tmp_path / "exp" / "data", "target_train")
+    rows = {}
+    for split in ("target_train", "target_test"):
+        ds = schema.without_audio_decoding(schema.load_split(tmp_path / "exp" / "data", split))
+        for r in ds:
+            rows[r["id"]] = r
+    assert set(rows) == {"u1", "u2", "u3", "u4"}
+    for uid, seconds in {"u1": 1.0, "u2": 1.5, "u3": 2.0}.items():
+        audio = schema.decode_audio(rows[uid]["audio"])
+        assert audio.ndim == 1
+        assert len(audio) == pytest.approx(seconds * 16_000, abs=2)
+        assert rows[uid]["duration"] == pytest.approx(seconds, abs=1e-3)
+    info = sf.info(__import__("io").BytesIO(rows["u2"]["audio"]["bytes"]))
+    assert (info.samplerate, info.channels) == (16_000, 1)
+    # the resampled tone keeps its pitch: 44.1 kHz stereo -> 16 kHz mono, spectral peak at 220 Hz
+    a = schema.decode_audio(rows["u2"]["audio"])
+    spec = np.abs(np.fft.rfft(a))
+    assert abs(np.fft.rfftfreq(len(a), 1 / 16_000)[spec.argmax()] - 220) < 3
+    assert dd.features["audio"].sampling_rate == 16_000
+    gen = json.loads(rows["u2"]["generator"])
+    assert gen["original_rate"] == 44_100 and gen["original_channels"] == 2
+
+
+def test_audiofolder_and_jsonl(tmp_path):
+    d = tmp_path / "af"
+    for i in range(4):
+        write_wav(d / f"clip{i}.wav", tone(0.5, 16_000, seed=i))
+    (d / "metadata.csv").write_text("file_name,text,speaker\n" + "".join(f"clip{i}.wav,word {i},s{i % 2}\n" for i in range(4)))
+    _, _, rep = run_prepare(tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "speaker")
+    assert rep["kept"] == {"target_train": 2, "target_test": 2}
+    assert set(rep["speakers"]["target_train"]).isdisjoint(rep["speakers"]["target_test"])
+    j = d / "m.jsonl"
+    j.write_text("".join(json.dumps({"audio": f"clip{i}.wav", "text": f"w {i}", "speaker": "s"}) + "\n" for i in range(4)))
+    _, _, rep = run_prepare(tmp_path, "--source", "jsonl", "--path", str(j), "--split_by", "utterance")
+    assert sum(rep["kept"].values()) == 4
+
+
+def fsdd_layout(root, speakers=("alice", "bob"), per_digit=2):
+    for s_i, spk in enumerate(speakers):
+        for digit in range(10):
+            for k in range(per_digit):
+                write_wav(root / "recordings" / f"{digit}_{spk}_{k}.wav", tone(0.4, 8_000, 150 + 20 * digit + s_i, seed=k), 8_000)
+    (root / "metadata.py").write_text("metadata = {'alice': {'accent': 'USA/neutral'}, 'bob': {'accent': 'DEU/German'}}\n")
+    return root
+
+
+def test_fsdd_target_speaker_source_split_and_leakage_guard(tmp_path):
+    root = fsdd_layout(tmp_path / "fsdd")
+    _, _, rep = run_prepare(
+        tmp_path, "--source", "fsdd", "--path", str(root), "--target_speakers", "bob", "--split_by", "utterance",
+        "--test_fraction", "0.5",
+    )
+    assert rep["kept"] == {"target_train": 10, "target_test": 10, "source": 20}
+    assert rep["speakers"]["source"] == ["alice"]
+    out = tmp_path / "exp" / "data"
+    train = schema.load_split(out, "target_train")
+    assert set(train["speaker"]) == {"bob"} and set(train["accent"]) == {"DEU/German"}
+    assert set(train["text"]) <= {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    guard = LeakageGuard.from_dataset_dir(out)
+    for text in schema.load_split(out, "target_test")["text"]:
+        assert guard.is_protected(text) and guard.is_protected(text.upper() + "!")
+    assert not guard.is_protected("a sentence nobody holds out")
+
+
+def test_split_by_text_never_shares_a_sentence(tmp_path):
+    d = tmp_path / "af"
+    lines = []
+    for i in range(30):
+        write_wav(d / f"c{i}.wav", tone(0.3, 16_000, seed=i))
+        lines.append(f"c{i}.wav,Sentence number {i % 10}.,s\n")  # every text recorded 3 times
+    (d / "metadata.csv").write_text("file_name,text,speaker\n" + "".join(lines))
+    _, _, rep = run_prepare(tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "text", "--test_fraction", "0.3")
+    out = tmp_path / "exp" / "data"
+    train, test = (set(schema.load_split(out, s)["text"]) for s in ("target_train", "target_test"))
+    assert train.isdisjoint(test) and len(test) == 3 and rep["kept"]["target_test"] == 9
+    # same seed, same split; another seed, another split
+    _, _, again = run_prepare(tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "text", "--test_fraction", "0.3")
+    assert set(schema.load_split(out, "target_test")["text"]) == test
+    run_prepare(tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "text", "--test_fraction", "0.3", "--seed", "5")
+    assert set(schema.load_split(out, "target_test")["text"]) != test
+
+
+def test_caps_are_counted(tmp_path):
+    root = fsdd_layout(tmp_path / "fsdd", speakers=("bob",))
+    _, _, rep = run_prepare(tmp_path, "--source", "fsdd", "--path", str(root), "--split_by", "utterance", "--max_train_utterances", "4")
+    assert rep["kept"]["target_train"] == 4 and rep["dropped"]["over_max_train_utterances"] == 6
+
+
+@pytest.mark.skipif(not ASTERISK_SOUNDS.is_dir(), reason="asterisk-core-sounds-en-wav not installed")
+def test_asterisk_listing_drops_tones():
+    listing = list(read_asterisk())
+    tones = [u for u in listing if u.skip_reason == "no_speech"]
+    speech = [u for u in listing if not u.skip_reason]
+    assert len(speech) > 500 and 5 <= len(tones) < 30
+    assert all(u.text and "[" not in u.text for u in speech)
