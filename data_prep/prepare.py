@@ -194,11 +194,12 @@ def prepare(run, args) -> dict:
         dropped["non_target_speaker"] += len(source)
         source = []
 
-    splits = {"target_train": train, "target_test": test}
-    if source:
-        splits["source"] = source
+    # An empty split is left out (datasets cannot reload a saved empty split); the report names it.
+    splits = {k: v for k, v in (("target_train", train), ("target_test", test), ("source", source)) if v}
+    empty = [k for k, v in (("target_train", train), ("target_test", test)) if not v]
+    if empty:
+        log.warning("prepare: split(s) %s are empty (test_fraction %s) and are not written", empty, args.test_fraction)
     features = schema.features()
-    # from_dict, not from_list: an empty split (test_fraction 1.0) still needs its columns.
     dd = DatasetDict(
         {k: Dataset.from_dict({c: [r[c] for r in v] for c in features}, features=features) for k, v in splits.items()}
     )
@@ -214,6 +215,7 @@ def prepare(run, args) -> dict:
         "speakers": {k: sorted({r["speaker"] for r in v}) for k, v in splits.items()},
         "dropped": dict(dropped),
         "dropped_examples": {k: v[:5] for k, v in examples.items()},
+        "empty_splits": empty,
         "split_by": args.split_by,
         "protected_texts": len(guard),
         "seconds": round(time.time() - t0, 2),

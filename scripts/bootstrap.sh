@@ -4,7 +4,7 @@
 
 APT_PACKAGES=(
   ffmpeg                                          # torchcodec: datasets >= 4 decodes audio through it
-  espeak-ng flite festival festvox-kallpc16k      # TTS engines for candidate generation
+  espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts  # TTS engines
   asterisk-core-sounds-en-wav asterisk-core-sounds-en  # the demo's real target speaker (Allison)
   pocketsphinx-testdata                           # real utterances with transcripts for tests
   shellcheck sox

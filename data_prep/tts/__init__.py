@@ -1,0 +1,56 @@
+"""TTS backends behind one interface, for the generate stage's synthetic candidates.
+
+    from data_prep import tts
+    engine = tts.get_engine("espeak-ng", timeout=30)
+    if engine.available():
+        samples, rate = engine.synthesize("Please hold the line.", "en-gb-scotland+f3", seed=7)
+        provenance = {"engine": engine.name, "voice": "en-gb-scotland+f3", "seed": 7,
+                      **engine.params_for("en-gb-scotland+f3", 7)}
+
+Engines: ``espeak-ng``, ``flite`` and ``festival`` run as processes (argument lists, never a
+shell, a timeout on every call); ``piper`` (optional extra) and ``hf`` (transformers VITS /
+SpeechT5, selected with ``model=<Hub id or folder>``) run in this process. ``synthesize`` raises
+``SynthesisError`` for one text that failed (log it, count it, go on) and ``EngineUnavailable``,
+naming what to install, when the engine is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from data_prep.tts.base import SILENCE_PEAK, Engine, EngineUnavailable, SynthesisError
+from data_prep.tts.speed import SpeedReport, measure_speed
+
+# Engine name -> "module:class", imported on first use (hf pulls in torch and transformers).
+_REGISTRY = {
+    "espeak-ng": "data_prep.tts.espeak:EspeakEngine",
+    "flite": "data_prep.tts.flite:FliteEngine",
+    "festival": "data_prep.tts.festival:FestivalEngine",
+    "piper": "data_prep.tts.piper:PiperEngine",
+    "hf": "data_prep.tts.hf:HFEngine",
+}
+ENGINES = tuple(_REGISTRY)
+
+
+def get_engine(name: str, **options) -> Engine:
+    """A new engine ``name`` (one of ENGINES) built with ``options`` (``timeout`` for all; see each class).
+
+    Nothing is checked or loaded yet: call ``available()`` to skip a missing engine, or let
+    ``voices()`` / ``synthesize()`` raise EngineUnavailable.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown TTS engine {name!r}; known engines: {', '.join(ENGINES)}")
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**options)
+
+
+__all__ = [
+    "ENGINES",
+    "SILENCE_PEAK",
+    "Engine",
+    "EngineUnavailable",
+    "SpeedReport",
+    "SynthesisError",
+    "get_engine",
+    "measure_speed",
+]
