@@ -151,13 +151,15 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   if is_done 5 "$h"; then log "stage 5 evaluate: done, skipped"; else
     log "stage 5: evaluate zero-shot and fine-tuned on target_test"
     run_py recipe.evaluate evaluate --eval_name zero_shot
-    run_py recipe.evaluate evaluate --eval_name fine_tuned --model "$exp_dir/train/final" \
+    # The train stage already decoded target_test with the final model: same files, so reused here.
+    run_py recipe.evaluate evaluate --eval_name train-target_test --model "$exp_dir/train" \
       --compare_to "$exp_dir/eval/zero_shot/hyps.jsonl"
     mark_done 5 "$h"
   fi
   log "results:"
-  cat "$exp_dir/eval/zero_shot/results.md" "$exp_dir/eval/fine_tuned/results.md" "$exp_dir/eval/fine_tuned/paired.md" >&2
-  log "filter figures: $exp_dir/filter/figures/  model card: $exp_dir/train/final/README.md"
+  cat "$exp_dir/eval/zero_shot/results.md" "$exp_dir/eval/train-target_test/results.md" \
+    "$exp_dir/eval/train-target_test/paired.md" >&2
+  log "filter figures: $exp_dir/filter/figures/  model card: $exp_dir/train/README.md"
 fi
 prev_hash=$h
 

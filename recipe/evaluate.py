@@ -102,19 +102,18 @@ def default_eval_name(model: str, split: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{Path(model.rstrip('/')).name}-{split}")
 
 
-def evaluate(run, args) -> dict:
-    from recipe.models import load_asr
+def model_fingerprint(model: str) -> str:
+    """Identifies the weights a decode used: a local folder by its files' sizes and mtimes, else the name."""
+    path = Path(model)
+    if not path.is_dir():
+        return model
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
-    dataset = args.dataset or str(Path(run.output_dir) / "data")
-    ds = schema.without_audio_decoding(schema.load_split(dataset, args.split))
-    if args.limit:
-        ds = ds.select(range(min(args.limit, len(ds))))
-    name = args.eval_name or default_eval_name(args.model, args.split)
-    out_dir = Path(run.output_dir) / "eval" / name
-    asr = load_asr(args.model)
+
+def decode(asr, ds, args, name: str) -> tuple[list[dict], float]:
     normalize = get_normalizer(args.language)
-
-    records, audio_seconds, t0 = [], 0.0, time.time()
+    records, audio_seconds = [], 0.0
     for start in tqdm(range(0, len(ds), args.batch_size), desc=f"decode {name}", unit="batch"):
         batch = ds[start : start + args.batch_size]
         audio = [schema.decode_audio(a) for a in batch["audio"]]
@@ -133,11 +132,42 @@ def evaluate(run, args) -> dict:
                     "hyp_norm": normalize(hyp),
                 }
             )
-    wall = time.time() - t0
-    results = {
+    return records, audio_seconds
+
+
+def evaluate(run, args) -> dict:
+    dataset = args.dataset or str(Path(run.output_dir) / "data")
+    name = args.eval_name or default_eval_name(args.model, args.split)
+    out_dir = Path(run.output_dir) / "eval" / name
+    decode_key = {
         "model": args.model,
-        "dataset": dataset,
+        "model_fingerprint": model_fingerprint(args.model),
+        "dataset": str(dataset),
         "split": args.split,
+        "limit": args.limit,
+        "num_beams": args.num_beams,
+        "language": args.language,
+    }
+    previous = out_dir / "results.json"
+    if previous.is_file() and all(schema.read_json(previous).get(k) == v for k, v in decode_key.items()):
+        # Same weights, same utterances, same decoding: reuse the hyps (e.g. the train stage's final
+        # evaluation, now compared against another system) instead of decoding again.
+        log.info("reusing the decoding in %s (same model files, split and settings)", out_dir)
+        records = read_hyps(out_dir / "hyps.jsonl")
+        old = schema.read_json(previous)
+        wall, audio_seconds = old["decode_seconds"], old["audio_seconds"]
+    else:
+        from recipe.models import load_asr
+
+        ds = schema.without_audio_decoding(schema.load_split(dataset, args.split))
+        if args.limit:
+            ds = ds.select(range(min(args.limit, len(ds))))
+        asr = load_asr(args.model)
+        t0 = time.time()
+        records, audio_seconds = decode(asr, ds, args, name)
+        wall = time.time() - t0
+    results = {
+        **decode_key,
         "normalizer": "whisper-english" if args.language.lower() in ("en", "english") else "basic",
         **score(records, n_boot=args.bootstrap_samples, seed=run.seed),
         "decode_seconds": round(wall, 2),
