@@ -15,11 +15,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 FILENAME = "protected_texts.json"
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
 
 def normalize_text(text: str) -> str:
     """Lowercase, no punctuation, single spaces: "Turn LEFT!" and "turn left" are the same sentence."""
     text = unicodedata.normalize("NFKC", text).lower()
+    # Typographic apostrophes (NFKC keeps them): "don’t" must match "don't".
+    text = text.translate(_APOSTROPHES)
     text = re.sub(r"[^\w\s']|_", " ", text).replace("'", "")
     return " ".join(text.split())
 
