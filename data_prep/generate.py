@@ -100,15 +100,18 @@ class Job:
 _ENGINES: dict[str, Any] = {}
 
 
-def get_engine(name: str, timeout: float):
-    """A registered TTS engine (``data_prep.tts``) or ``module:Class`` built with no arguments."""
-    key = f"{name}@{timeout}"
+def get_engine(name: str, timeout: float, hf_model: str = ""):
+    """A registered TTS engine (``data_prep.tts``) or ``module:Class`` built with no arguments.
+
+    The ``hf`` engine also takes the transformers TTS model to load (Hub id or folder)."""
+    key = f"{name}@{timeout}@{hf_model}"
     if key not in _ENGINES:
         if ":" in name:
             module, cls = name.split(":", 1)
             _ENGINES[key] = getattr(importlib.import_module(module), cls)()
         else:
-            _ENGINES[key] = tts.get_engine(name, timeout=timeout)
+            options = {"model": hf_model} if name == "hf" and hf_model else {}
+            _ENGINES[key] = tts.get_engine(name, timeout=timeout, **options)
     return _ENGINES[key]
 
 
@@ -221,7 +224,7 @@ def plan_jobs(run, args, data_dir: Path) -> tuple[list[Job], dict[str, Any]]:
 
     tts_jobs: list[Job] = []
     for name in args.engines:
-        engine = get_engine(name, args.engine_timeout)
+        engine = get_engine(name, args.engine_timeout, args.hf_model)
         if not engine.available():
             log.warning("TTS engine %s is not installed: skipped (see ASSETS.md for the apt packages)", name)
             plan["engines"][name] = {"available": False, "voices": []}
@@ -274,6 +277,7 @@ class ShardTask:
     recipe: str
     max_duration: float
     engine_timeout: float
+    hf_model: str = ""
     progress: bool = True
 
 
@@ -375,7 +379,7 @@ class _ShardWorker:
         return wav, generator, meta
 
     def _synthetic(self, job: Job) -> tuple[torch.Tensor, dict, dict] | None:
-        engine = get_engine(job.engine, self.task.engine_timeout)
+        engine = get_engine(job.engine, self.task.engine_timeout, self.task.hf_model)
         engine_seed = stable_seed(job.seed, "tts")
         t0 = time.perf_counter()
         try:
@@ -635,6 +639,7 @@ def generate(run, args) -> dict[str, Any] | None:
             recipe=args.perturb_recipe,
             max_duration=args.max_duration,
             engine_timeout=args.engine_timeout,
+            hf_model=args.hf_model,
         )
         for i in todo
     ]

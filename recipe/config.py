@@ -134,6 +134,9 @@ class GenerateArgs:
     include_source: bool = _f(True, "Also perturb the `source` split (non-target real speakers) when the dataset has one.")
     max_duration: float = _f(30.0, "Drop candidates longer than this many seconds (Whisper's window), counted.")
     engine_timeout: float = _f(60.0, "Seconds one synthesis may take before it is killed and counted as a failure.")
+    hf_model: str = _f(
+        "", "The `hf` engine's transformers TTS model: Hub id or folder (VITS/MMS-TTS, or SpeechT5 with speaker embeddings)."
+    )
     num_shards: int = _f(
         0, "Shards the work is cut into; a finished shard is skipped on rerun (0: one per 500 candidates, at least one per process)."
     )
