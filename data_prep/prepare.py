@@ -176,13 +176,19 @@ def prepare(run, args) -> dict:
     if not rows:
         raise RuntimeError(f"prepare: no usable utterance in source {args.source} {args.path!r}; dropped: {dict(dropped)}")
 
-    targets = set(args.target_speakers)
-    if targets:
-        unknown = targets - {r["speaker"] for r in rows}
+    wanted = {"speaker": set(args.target_speakers), "accent": set(args.target_accents)}
+    for key, values in wanted.items():
+        unknown = values - {r[key] for r in rows}
         if unknown:
-            raise ValueError(f"target_speakers {sorted(unknown)} not found; speakers: {sorted({r['speaker'] for r in rows})}")
-    target = [r for r in rows if not targets or r["speaker"] in targets]
-    source = [r for r in rows if targets and r["speaker"] not in targets]
+            raise ValueError(f"target_{key}s {sorted(unknown)} not found; {key}s in the source: {sorted({r[key] for r in rows})}")
+
+    def is_target(r: dict) -> bool:
+        if not any(wanted.values()):
+            return True
+        return r["speaker"] in wanted["speaker"] or r["accent"] in wanted["accent"]
+
+    target = [r for r in rows if is_target(r)]
+    source = [r for r in rows if not is_target(r)]
     train, test = split_target(target, args.split_by, args.test_fraction, run.seed)
     train, over_train = cap(train, args.max_train_utterances, run.seed)
     test, over_test = cap(test, args.max_test_utterances, run.seed + 1)
@@ -191,7 +197,7 @@ def prepare(run, args) -> dict:
     if over_test:
         dropped["over_max_test_utterances"] += over_test
     if source and not args.keep_source:
-        dropped["non_target_speaker"] += len(source)
+        dropped["non_target"] += len(source)
         source = []
 
     # An empty split is left out (datasets cannot reload a saved empty split); the report names it.
@@ -209,7 +215,7 @@ def prepare(run, args) -> dict:
         "stage": "prepare",
         "source": args.source,
         "path": args.path,
-        "listed": len(rows) + sum(v for k, v in dropped.items() if not k.startswith("over_") and k != "non_target_speaker"),
+        "listed": len(rows) + sum(v for k, v in dropped.items() if not k.startswith("over_") and k != "non_target"),
         "kept": {k: len(v) for k, v in splits.items()},
         "hours": {k: round(sum(r["duration"] for r in v) / 3600, 4) for k, v in splits.items()},
         "speakers": {k: sorted({r["speaker"] for r in v}) for k, v in splits.items()},

@@ -70,7 +70,10 @@ class PrepareArgs:
     target_speakers: list[str] = _f(
         [], "Speakers that form the target; the other speakers go to the `source` split. Empty: every speaker is target."
     )
-    keep_source: bool = _f(True, "Write non-target speakers as a `source` split (perturbed into candidates later).")
+    target_accents: list[str] = _f(
+        [], "Accents that form the target (with target_speakers: either matches); the rest goes to `source`. Empty: no accent filter."
+    )
+    keep_source: bool = _f(True, "Write non-target utterances as a `source` split (perturbed into candidates later).")
     split_by: str = _f(
         "text",
         "How target_test is held out: `text` (no transcript in both splits), `speaker`, or `utterance`.",

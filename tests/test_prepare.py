@@ -200,3 +200,11 @@ def test_asterisk_listing_drops_tones():
     speech = [u for u in listing if not u.skip_reason]
     assert len(speech) > 500 and 5 <= len(tones) < 30
     assert all(u.text and "[" not in u.text for u in speech)
+
+
+def test_target_accents(tmp_path):
+    root = fsdd_layout(tmp_path / "fsdd")
+    _, _, rep = run_prepare(tmp_path, "--source", "fsdd", "--path", str(root), "--target_accents", "USA/neutral", "--split_by", "utterance")
+    assert rep["speakers"]["target_train"] == ["alice"] and rep["speakers"]["source"] == ["bob"]
+    with pytest.raises(ValueError, match="Klingon"):
+        run_prepare(tmp_path, "--source", "fsdd", "--path", str(root), "--target_accents", "Klingon")
