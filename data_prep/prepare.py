@@ -210,7 +210,9 @@ def prepare(run, args) -> dict:
         {k: Dataset.from_dict({c: [r[c] for r in v] for c in features}, features=features) for k, v in splits.items()}
     )
 
-    guard = LeakageGuard([r["text"] for r in test])
+    guard = LeakageGuard([r["text"] for r in test] if args.protect_test_texts else [])
+    if not args.protect_test_texts:
+        log.warning("prepare: protect_test_texts is off: later stages may synthesize target_test texts")
     report = {
         "stage": "prepare",
         "source": args.source,

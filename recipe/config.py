@@ -82,6 +82,11 @@ class PrepareArgs:
     test_fraction: float = _f(0.5, "Fraction of target groups (texts, speakers or utterances) held out as target_test.")
     max_train_utterances: int = _f(0, "Keep at most this many target_train utterances (0: all); the rest is dropped, counted.")
     max_test_utterances: int = _f(0, "Keep at most this many target_test utterances (0: all).")
+    protect_test_texts: bool = _f(
+        True,
+        "Record the target_test texts so no stage synthesizes them (the leakage guard). Turn off only for a closed "
+        "vocabulary (e.g. spoken digits) where every text is in both splits by design.",
+    )
     min_duration: float = _f(0.05, "Drop audio shorter than this many seconds (zero-length files are corrupt input).")
     max_duration: float = _f(30.0, "Drop audio longer than this many seconds (Whisper's window is 30 s).")
     on_error: str = _f(
@@ -259,6 +264,9 @@ class FilterArgs:
     pca_dim: int = _f(0, "Project embeddings onto this many principal components first (0: no PCA).")
     max_components: int = _f(16, "gmm: most mixture components tried by the BIC search.")
     ubm_components: int = _f(64, "gmm_ubm: components of the universal background model.")
+    relevance: float = _f(
+        16.0, "gmm_ubm: MAP relevance factor; a component moves toward the target once its soft frame count nears it (Reynolds et al. 2000)."
+    )
     temperature: float = _f(1.0, "gmm_ubm: multiplies the mean frame log-likelihood ratio to give log r.")
     policy: str = _f(
         "max",
