@@ -22,7 +22,9 @@ from scipy.signal import resample_poly
 from data_prep import schema
 
 ESPEAK = shutil.which("espeak-ng")
-needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+needs_espeak = pytest.mark.skipif(
+    ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"
+)
 
 # Short commands, each said by a few espeak voices: real (synthesized) speech, varied speakers.
 PHRASES = [
@@ -39,12 +41,16 @@ PHRASES = [
 
 def speak(text: str, voice: str = "en-us", speed: int = 170) -> np.ndarray:
     """espeak-ng speech as 16 kHz float32 (espeak writes 22,050 Hz WAV; resample_poly reduces 16000/22050 itself)."""
-    wav = subprocess.run([ESPEAK, "-v", voice, "-s", str(speed), "--stdout", text], check=True, capture_output=True).stdout
+    wav = subprocess.run(
+        [ESPEAK, "-v", voice, "-s", str(speed), "--stdout", text], check=True, capture_output=True
+    ).stdout
     x, rate = sf.read(io.BytesIO(wav), dtype="float32")
     return resample_poly(x, 16_000, rate).astype(np.float32) if rate != 16_000 else x
 
 
-def canonical_rows(items: list[tuple[str, str]], prefix: str, origin: str = "real", generator: dict | None = None) -> list[dict]:
+def canonical_rows(
+    items: list[tuple[str, str]], prefix: str, origin: str = "real", generator: dict | None = None
+) -> list[dict]:
     """Canonical rows for (text, voice) pairs, said by espeak-ng."""
     return [
         schema.make_row(
@@ -53,13 +59,16 @@ def canonical_rows(items: list[tuple[str, str]], prefix: str, origin: str = "rea
             text=text,
             speaker=voice,
             origin=origin,
-            generator=generator or ({"engine": "espeak-ng", "voice": voice} if origin == "synthetic" else None),
+            generator=generator
+            or ({"engine": "espeak-ng", "voice": voice} if origin == "synthetic" else None),
         )
         for i, (text, voice) in enumerate(items)
     ]
 
 
-def write_prepared(output_dir: Path, train: list[dict], test: list[dict], source: list[dict] | None = None) -> Path:
+def write_prepared(
+    output_dir: Path, train: list[dict], test: list[dict], source: list[dict] | None = None
+) -> Path:
     """<output_dir>/data as the prepare stage writes it."""
     from datasets import Dataset, DatasetDict
 
@@ -98,7 +107,11 @@ def whisper_tokenizer(folder: Path):
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (what byte-level BPE vocabularies use)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -106,13 +119,19 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def tiny_whisper(folder: Path, multilingual: bool = False, max_length: int = 40) -> Path:
     """A 2-layer Whisper (d_model 64) with a byte-level tokenizer, saved like a real checkpoint."""
     import torch
-    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
     from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
     tok, vocab = whisper_tokenizer(folder)
@@ -166,12 +185,20 @@ def tiny_wav2vec2(folder: Path) -> Path:
     """A 2-layer Wav2Vec2ForCTC (hidden 32) with an upper-case vocabulary, so training on our
     lower-case text has to build a new vocabulary and head (``ignore_mismatched_sizes``)."""
     import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{chr(ord("A") + i): 3 + i for i in range(26)}, "'": 29}
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    tok = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|")
+    tok = Wav2Vec2CTCTokenizer(
+        str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|"
+    )
     config = Wav2Vec2Config(
         vocab_size=len(vocab),
         hidden_size=32,
@@ -193,6 +220,8 @@ def tiny_wav2vec2(folder: Path) -> Path:
     )
     torch.manual_seed(0)
     Wav2Vec2ForCTC(config).save_pretrained(folder)
-    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True, return_attention_mask=True)
+    fe = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    )
     Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok).save_pretrained(folder)
     return folder

@@ -1,0 +1,378 @@
+"""recipe.train end to end on tiny models and espeak-ng speech: losses fall, resume, Hub push, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+from tiny_asr import ESPEAK, PHRASES, canonical_rows, tiny_wav2vec2, tiny_whisper, write_prepared
+
+from recipe.config import ConfigError
+from recipe.train import main, mix_weights, select_candidates, use_packing, weighted_sampler
+
+REPO = Path(__file__).resolve().parents[1]
+VOICES = ["en-us", "en-gb"]
+# Equal-length phrases: with the byte-level test tokenizer every label has the same number of
+# tokens, so the token-mean loss of a 4-utterance batch equals the mean of two 2-utterance
+# halves and a 2-process run must log the single-process loss.
+EQUAL_LENGTH = [
+    "open the door",
+    "call my phone",
+    "play the song",
+    "read the news",
+    "lock the door",
+    "pause a while",
+]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    if ESPEAK is None:  # every training test here needs speech
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    root = tmp_path_factory.mktemp("train")
+    data = root / "prepared"
+    train = canonical_rows([(t, v) for t in PHRASES[:6] for v in VOICES], "tr")
+    test = canonical_rows([(t, "en-us") for t in PHRASES[6:]], "te")
+    write_prepared(data, train, test)
+    equal = root / "equal"
+    write_prepared(equal, canonical_rows([(t, v) for t in EQUAL_LENGTH for v in VOICES], "eq"), test)
+    # scored candidates as the filter stage writes them, with weights (weights mode)
+    from datasets import Dataset
+
+    cands = canonical_rows(
+        [(t, v) for t in PHRASES[:6] for v in ("en-gb-scotland", "en-029")], "cand", origin="synthetic"
+    )
+    for i, r in enumerate(cands):
+        r.update(log_ratio=0.0, accept_prob=0.5, accepted=i % 2 == 0, fold=i % 2, weight=float(i % 3))
+    Dataset.from_list(cands).save_to_disk(str(data / "filter" / "scored"))
+    return SimpleNamespace(
+        root=root,
+        data=data,
+        equal=equal,
+        whisper=tiny_whisper(root / "whisper"),
+        ctc=tiny_wav2vec2(root / "w2v2"),
+    )
+
+
+def run_train(tmp_path: Path, assets, **train) -> Path:
+    """main() with a YAML config; returns <output_dir>/train."""
+    section = {
+        "model_name_or_path": str(assets.whisper),
+        "data_dir": str(assets.data / "data"),
+        "use_candidates": "none",
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "eval_strategy": "no",
+        "load_best_model_at_end": False,
+        "save_strategy": "no",
+        "report_to": [],
+        "final_eval_splits": [],
+        "generation_max_length": 16,
+        "bootstrap_samples": 20,
+        **train,
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        yaml.safe_dump({"run": {"output_dir": str(tmp_path / "exp"), "seed": 0}, "train": section})
+    )
+    main(["--config", str(cfg)])
+    return tmp_path / "exp" / "train"
+
+
+def losses(train_dir: Path) -> dict[int, float]:
+    state = json.loads((train_dir / "trainer_state.json").read_text())
+    return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces of the training mix
+# ---------------------------------------------------------------------------------------------
+def test_weighted_sampler_draws_in_proportion_to_weights():
+    w = np.array([0.0, 1.0, 2.0, 5.0]) * 2500
+    draws = np.array(list(weighted_sampler(w, seed=3)))
+    assert len(draws) == w.sum()
+    np.testing.assert_allclose(np.bincount(draws, minlength=4) / len(draws), w / w.sum(), atol=0.01)
+    assert np.array_equal(draws, np.array(list(weighted_sampler(w, seed=3))))  # every process draws the same
+
+
+def test_mix_weights_natural_and_ratios():
+    masses = {"real": np.ones(10), "candidates": np.ones(30)}
+    assert mix_weights(masses, {"real": 0, "candidates": 0}) is None
+    w = mix_weights(masses, {"real": 0.5, "candidates": 0.5})
+    assert (
+        w.sum() == pytest.approx(40)
+        and w[:10].sum() == pytest.approx(20)
+        and w[10:].sum() == pytest.approx(20)
+    )
+    weighted = {"real": np.ones(10), "candidates": np.array([0.0, 2.0, 1.0])}
+    np.testing.assert_allclose(mix_weights(weighted, {}), [1] * 10 + [0, 2, 1])
+    w = mix_weights(weighted, {"real": 3, "candidates": 1})
+    np.testing.assert_allclose(w[10:] / w[10:].sum(), [0, 2 / 3, 1 / 3])
+    assert w[:10].sum() / w.sum() == pytest.approx(0.75)
+    with pytest.raises(ConfigError, match="source"):
+        mix_weights(masses, {"source": 1.0})
+
+
+def test_random_arm_is_size_matched_and_seeded():
+    scored = {"accepted": [True, False, True, False, False, True, False, False], "weight": [1.0] * 8}
+
+    class Scored(dict):
+        column_names = list(scored)
+
+        def __len__(self):
+            return 8
+
+    idx, mass = select_candidates(Scored(scored), "random", np.random.default_rng(0))
+    assert len(idx) == 3 and len(set(idx)) == 3 and np.all(mass == 1)
+    again, _ = select_candidates(Scored(scored), "random", np.random.default_rng(0))
+    assert np.array_equal(idx, again)
+    idx, mass = select_candidates(Scored(scored), "weighted", np.random.default_rng(0))
+    assert len(idx) == 8 and mass.sum() == 8
+
+
+def test_packing_needs_a_fixed_window():
+    ctc = SimpleNamespace(packable=False, kind="ctc")
+    whisper = SimpleNamespace(packable=True, kind="whisper", max_input_seconds=30.0)
+    with pytest.raises(ConfigError, match="packing"):
+        use_packing(ctc, SimpleNamespace(packing="on"), np.ones(3))
+    assert use_packing(whisper, SimpleNamespace(packing="auto"), np.array([2.0, 3.0, 40.0]))
+    assert not use_packing(whisper, SimpleNamespace(packing="auto"), np.array([20.0, 25.0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs
+# ---------------------------------------------------------------------------------------------
+def test_whisper_loss_decreases_with_packing(tmp_path, assets):
+    out = run_train(
+        tmp_path,
+        assets,
+        max_steps=10,
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        pack_max_seconds=6.0,
+        eval_strategy="steps",
+        eval_steps=5,
+        save_strategy="steps",
+        save_steps=5,
+        load_best_model_at_end=True,
+        final_eval_splits=["target_test"],
+    )
+    loss = losses(out)
+    assert loss[10] < 0.8 * loss[1], loss  # measured: 5.88 -> 3.54
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["examples"]["packing"] and report["examples"]["utterances_per_window"] > 2
+    assert report["composition"]["real"]["utterances"] == 12
+    for ckpt in ("checkpoint-5", "checkpoint-10"):
+        assert (out / ckpt / "config.yaml").is_file() and (out / ckpt / "processor_config.json").is_file()
+    card = (out / "README.md").read_text()
+    assert "model-index" in card and "target_test" in card and "python -m recipe.train --config" in card
+    assert (out.parent / "eval" / "train-target_test" / "results.json").is_file()
+
+
+def test_ctc_loss_decreases_with_weighted_candidates(tmp_path, assets):
+    out = run_train(
+        tmp_path,
+        assets,
+        model_name_or_path=str(assets.ctc),
+        filter_dir=str(assets.data / "filter"),
+        use_candidates="weighted",
+        max_steps=12,
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=4,
+    )
+    loss = losses(out)
+    # measured: 4.9 -> 3.0 (a tiny CTC model first learns to emit blanks)
+    assert np.mean([loss[s] for s in (10, 11, 12)]) < 0.8 * np.mean([loss[s] for s in (1, 2, 3)]), loss
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["sampling"] == "weighted" and report["composition"]["candidates"]["by_generator"] == {
+        "espeak-ng": 12
+    }
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert set(vocab) - {"[PAD]", "[UNK]", "|"} == set("".join(PHRASES[:6]).replace(" ", ""))
+
+
+def test_ctc_lora_checkpoints_and_merged_final_model(tmp_path, assets):
+    from recipe.models import load_asr
+
+    out = run_train(
+        tmp_path,
+        assets,
+        model_name_or_path=str(assets.ctc),
+        lora=True,
+        lora_r=4,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+    )
+    assert (out / "checkpoint-2" / "adapter_config.json").is_file()  # checkpoints hold the adapters
+    assert not (out / "adapter_config.json").exists()  # the final model is merged and plain
+    asr = load_asr(str(out), device="cpu")
+    assert asr.kind == "ctc" and asr.model.config.vocab_size == len(
+        json.loads((out / "vocab.json").read_text())
+    )
+
+
+def test_resume_continues_from_the_saved_step(tmp_path, assets):
+    common = dict(max_steps=6, packing="off", lr_scheduler_type="constant")
+    straight = losses(run_train(tmp_path / "straight", assets, **common))
+    interrupted = tmp_path / "resumed"
+    run_train(interrupted, assets, **{**common, "max_steps": 4, "save_strategy": "steps", "save_steps": 2})
+    out = run_train(interrupted, assets, **{**common, "save_strategy": "steps", "save_steps": 2})
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["resumed_from"].endswith("checkpoint-4") and report["global_step"] == 6
+    resumed = losses(out)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step in (5, 6):  # the continuation is the uninterrupted run's steps, not a restart
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-3)
+
+
+def test_push_creates_one_repo_uploads_checkpoints_and_card_without_the_token(
+    tmp_path, assets, monkeypatch, caplog, capfd
+):
+    from huggingface_hub import HfApi
+
+    secret = "hf_TESTSECRETtokenvalue0123456789"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    repos, uploads = [], []
+
+    def create_repo(self, repo_id, **kw):
+        repos.append(repo_id)
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, repo_id, folder_path, path_in_repo=None, run_as_future=False, **kw):
+        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        readme = Path(folder_path) / "README.md"
+        uploads.append(
+            {
+                "repo": repo_id,
+                "path_in_repo": path_in_repo,
+                "files": files,
+                "card": readme.read_text() if readme.is_file() else "",
+            }
+        )
+        if run_as_future:
+            done = Future()
+            done.set_result(None)
+            return done
+        return SimpleNamespace(commit_url="https://example.invalid/commit")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    run_train(
+        tmp_path,
+        assets,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        push_to_hub=True,
+        hub_model_id="me/tiny-asr",
+        final_eval_splits=["target_test"],
+    )
+    assert repos == ["me/tiny-asr"]
+    assert all(u["repo"] == "me/tiny-asr" for u in uploads)
+    assert any(u["path_in_repo"] == "last-checkpoint" for u in uploads)  # checkpoints go up while training
+    final = uploads[-1]
+    assert final["path_in_repo"] is None and "model.safetensors" in final["files"]
+    assert (
+        "model-index" in final["card"]
+        and "name: me/tiny-asr" in final["card"]
+        and "type: wer" in final["card"]
+    )
+    for path in (tmp_path / "exp").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    captured = capfd.readouterr()
+    assert secret not in captured.out + captured.err + caplog.text
+
+
+def test_hub_token_in_the_config_is_refused(tmp_path, assets):
+    with pytest.raises(ConfigError, match="HF_TOKEN"):
+        run_train(tmp_path, assets, max_steps=1, hub_token="hf_xyz")
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_single_process_loss(tmp_path, assets):
+    """DDP over 2 CPU processes (gloo) with per-device batch 2 vs one process with batch 4."""
+    section = {
+        "model_name_or_path": str(assets.whisper),
+        "data_dir": str(assets.equal / "data"),
+        "use_candidates": "none",
+        "packing": "off",
+        "max_steps": 3,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "eval_strategy": "no",
+        "load_best_model_at_end": False,
+        "save_strategy": "no",
+        "report_to": [],
+        "final_eval_splits": [],
+        "use_cpu": True,
+    }
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"run": {"seed": 0}, "train": section}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    single = tmp_path / "single"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recipe.train",
+            "--config",
+            str(cfg),
+            "--output_dir",
+            str(single),
+            "--per_device_train_batch_size",
+            "4",
+        ],
+        check=True,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+    )
+    ddp = tmp_path / "ddp"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    proc = subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "29517",
+            "-m",
+            "recipe.train",
+            "--config",
+            str(cfg),
+            "--output_dir",
+            str(ddp),
+            "--per_device_train_batch_size",
+            "2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((ddp / "train" / "train_report.json").read_text())
+    assert report["world_size"] == 2
+    one, two = losses(single / "train"), losses(ddp / "train")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-3), (one, two)
