@@ -226,6 +226,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "metric_for_best_model": "wer",
     "greater_is_better": False,
     "predict_with_generate": True,  # Seq2SeqTrainer decodes for WER; ignored for CTC
+    "generation_max_length": 225,  # evaluation is per utterance (<= 30 s); a diverging model stops here, not at 448
     "average_tokens_across_devices": False,  # else the logged/optimized loss scales with world size under DDP
     "remove_unused_columns": False,  # our collators read `audio`/`text`, which the model's forward does not take
     "report_to": ["tensorboard"],
