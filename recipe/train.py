@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import sys
 import time
 from collections import Counter
@@ -90,7 +92,7 @@ def select_candidates(scored, mode: str, rng: np.random.Generator) -> tuple[np.n
     if mode == "weighted":
         if "weight" not in scored.column_names:
             raise ValueError(
-                "the scored candidates have no `weight` column: run the filter stage in weights mode"
+                "the scored candidates have no `weight` column: rerun the filter stage (it writes `weight` in every mode)"
             )
         w = np.asarray(scored["weight"], dtype=np.float64)
         if not np.isfinite(w).all() or np.any(w < 0):
@@ -423,6 +425,17 @@ def train(run: RunArgs, targs, training_args, argv: list[str]) -> dict:
     resume = training_args.resume_from_checkpoint
     if resume is None and targs.resume and out_dir.is_dir():
         resume = get_last_checkpoint(str(out_dir))
+        # Resume only a run of this very config: a checkpoint of another config (more steps, another
+        # mix) would silently hand back the old model. Each checkpoint holds its resolved config.
+        saved = Path(resume) / "config.yaml" if resume else None
+        with tempfile.TemporaryDirectory() as tmp:  # every rank renders the config itself: no race on out_dir
+            write_config(Path(tmp) / "config.yaml")
+            current = (Path(tmp) / "config.yaml").read_text()
+        if saved is not None and (not saved.is_file() or saved.read_text() != current):
+            logger.warning("%s was trained with another config: starting over instead of resuming", resume)
+            for old in out_dir.glob("checkpoint-*"):
+                shutil.rmtree(old)
+            resume = None
     if resume:
         logger.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
