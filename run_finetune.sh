@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fine-tune an ASR checkpoint toward a target speaker/accent:
-#   prepare -> generate candidates -> filter (likelihood-ratio rejection sampling) -> train -> evaluate -> push
+#   prepare -> generate candidates -> filter (likelihood-ratio rejection sampling) -> train (+ card, push) -> evaluate [-> ablation]
 #
 # With no arguments it runs the offline CPU demo (configs/demo.yaml). See --help.
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 
 config=configs/demo.yaml
 stage=1
-stop_stage=6
+stop_stage=5
 ngpu=1
 output_dir=""
 overrides=()
@@ -21,15 +21,15 @@ Stages:
   1 prepare   sources -> canonical 16 kHz datasets (target_train, target_test, source)  python -m data_prep.prepare
   2 generate  TTS voices + perturbations -> candidate utterances                        python -m data_prep.generate
   3 filter    embed, estimate r(x) = p_target/q_candidates, rejection-sample            python -m data_prep.filter
-  4 train     fine-tune on real + accepted candidates (HF Trainer, accelerate)           python -m recipe.train
+  4 train     fine-tune on real + accepted candidates (HF Trainer, accelerate), write the
+              model card, push to the Hub when train.push_to_hub is set                 python -m recipe.train
   5 evaluate  zero-shot vs fine-tuned WER/CER with CIs, paired comparison              python -m recipe.evaluate
-  6 push      model card + push to the Hub (only when train.push_to_hub is true)       python -m recipe.card
-  7 ablation  zero_shot / real_only / real+all / real+random / real+accepted / real+weighted
+  6 ablation  zero_shot / real_only / real+all / real+random / real+accepted / real+weighted
                                                                                         python -m recipe.ablation
 Flags:
   --config FILE      YAML config (default configs/demo.yaml: offline CPU demo on the Asterisk prompts)
   --stage N          first stage to run (default 1)
-  --stop_stage N     last stage to run (default 6; 7 runs the ablation too)
+  --stop_stage N     last stage to run (default 5; 6 runs the ablation too)
   --ngpu N           processes per node for accelerate launch (default 1; CPU works with 1)
   --output_dir DIR   experiment folder (default: run.output_dir of the config)
   section.key=value  override one config key for the stage of that section, e.g. train.max_steps=50,
@@ -163,22 +163,12 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
 fi
 prev_hash=$h
 
-h=$(stage_hash push)
-if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-  if is_done 6 "$h"; then log "stage 6 push: done, skipped"; else
-    log "stage 6: model card (+ push to the Hub when train.push_to_hub is set)"
-    run_py recipe.card train
-    mark_done 6 "$h"
-  fi
-fi
-prev_hash=$h
-
 h=$(stage_hash ablation)
-if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
-  if is_done 7 "$h"; then log "stage 7 ablation: done, skipped"; else
-    log "stage 7: ablation of the filter (same steps per arm, several seeds)"
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+  if is_done 6 "$h"; then log "stage 6 ablation: done, skipped"; else
+    log "stage 6: ablation of the filter (same steps per arm, several seeds)"
     run_py recipe.ablation ablation
-    mark_done 7 "$h"
+    mark_done 6 "$h"
   fi
 fi
 
