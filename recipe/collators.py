@@ -8,7 +8,7 @@ text a model is trained on and the text its length guards measure are made by th
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -75,10 +75,12 @@ class WhisperCollator:
 
 class CTCCollator:
     """Raw waveforms padded to the longest in the batch (+ attention mask where the model uses
-    one) and character labels padded with IGNORE_INDEX."""
+    one) and character labels padded with IGNORE_INDEX. ``label_text`` spells a transcript the
+    way the head's vocabulary does (its casing)."""
 
-    def __init__(self, processor):
+    def __init__(self, processor, label_text: Callable[[str], str] = ctc_text):
         self.processor = processor
+        self.label_text = label_text
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         fe = self.processor.feature_extractor
@@ -90,7 +92,7 @@ class CTCCollator:
             return_tensors="pt",
             return_attention_mask=bool(fe.return_attention_mask),
         )
-        labels = self.processor.tokenizer([ctc_text(e["text"]) for e in examples]).input_ids
+        labels = self.processor.tokenizer([self.label_text(e["text"]) for e in examples]).input_ids
         out = {"input_values": batch["input_values"], "labels": pad_labels(labels)}
         if "attention_mask" in batch:
             out["attention_mask"] = batch["attention_mask"]

@@ -353,6 +353,18 @@ class CTCASR(ASRModel):
     packable = False  # batches are padded to the longest utterance: nothing to gain
     max_input_seconds = None
 
+    def __init__(self, model, processor):
+        super().__init__(model, processor)
+        letters = [t for t in processor.tokenizer.get_vocab() if len(t) == 1 and t.isalpha()]
+        # Checkpoints with their own vocabulary (ctc_new_vocab: false) may spell in capitals,
+        # e.g. facebook/wav2vec2-base-960h: labels must use the head's casing, not [UNK].
+        self.upper_case = bool(letters) and all(c.isupper() for c in letters)
+
+    def label_text(self, text: str) -> str:
+        """A transcript as this head spells it."""
+        t = ctc_text(text)
+        return t.upper() if self.upper_case else t
+
     @classmethod
     def load(cls, path: str, dtype=None, **_) -> CTCASR:
         from transformers import AutoModelForCTC, AutoProcessor
@@ -404,7 +416,7 @@ class CTCASR(ASRModel):
         return [self.processor.tokenizer.decode(ids[i, : n_out[i]]).strip() for i in range(len(audio))]
 
     def collator(self):
-        return CTCCollator(self.processor)
+        return CTCCollator(self.processor, self.label_text)
 
     def trainer_base(self) -> type:
         from transformers import Trainer
@@ -413,7 +425,8 @@ class CTCASR(ASRModel):
 
     def label_lengths(self, texts: Sequence[str]) -> np.ndarray:
         return np.array(
-            [len(s) for s in self.processor.tokenizer([ctc_text(t) for t in texts]).input_ids], dtype=np.int64
+            [len(s) for s in self.processor.tokenizer([self.label_text(t) for t in texts]).input_ids],
+            dtype=np.int64,
         )
 
     def length_problems(self, durations, texts, targs) -> dict[str, np.ndarray]:
@@ -423,7 +436,7 @@ class CTCASR(ASRModel):
         need = np.array(
             [
                 len(s) + sum(a == b for a, b in zip(s, s[1:], strict=False))
-                for s in (ctc_text(t).replace(" ", CTC_DELIMITER) for t in texts)
+                for s in (self.label_text(t).replace(" ", CTC_DELIMITER) for t in texts)
             ]
         )
         problems["label_longer_than_ctc_frames"] = need > frames

@@ -20,8 +20,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass

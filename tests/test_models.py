@@ -185,3 +185,13 @@ def test_guards_drop_and_count_before_training(whisper_dir, caplog):
     assert dropped == {"audio_over_30s": 2, "label_over_448_tokens": 1}
     assert "real: dropped 2 of 5 utterances (40.0%): audio_over_30s" in caplog.text
     assert "real: kept 2 of 5 utterances" in caplog.text
+
+
+def test_ctc_own_vocabulary_keeps_its_casing(ctc_dir):
+    # the tiny checkpoint spells in capitals, like facebook/wav2vec2-base-960h
+    asr = load_for_training(TrainArgs(model_name_or_path=str(ctc_dir), ctc_new_vocab=False), [])
+    tok = asr.processor.tokenizer
+    assert asr.upper_case and asr.label_text("Hello, it's me") == "HELLO IT'S ME"
+    labels = asr.collator()([{"audio": np.zeros(16_000, np.float32), "text": "Hello, it's me"}])["labels"][0]
+    assert tok.unk_token_id not in labels.tolist()
+    assert tok.decode(labels.tolist(), group_tokens=False) == "HELLO IT'S ME"

@@ -221,12 +221,29 @@ def test_ctc_lora_checkpoints_and_merged_final_model(tmp_path, assets):
     )
 
 
-def test_resume_continues_from_the_saved_step(tmp_path, assets):
-    common = dict(max_steps=6, packing="off", lr_scheduler_type="constant")
+def test_resume_continues_from_the_saved_step(tmp_path, assets, monkeypatch):
+    import recipe.train as rt
+
+    common = dict(
+        max_steps=6, packing="off", lr_scheduler_type="constant", save_strategy="steps", save_steps=2
+    )
     straight = losses(run_train(tmp_path / "straight", assets, **common))
-    interrupted = tmp_path / "resumed"
-    run_train(interrupted, assets, **{**common, "max_steps": 4, "save_strategy": "steps", "save_steps": 2})
-    out = run_train(interrupted, assets, **{**common, "save_strategy": "steps", "save_steps": 2})
+
+    # the same run, interrupted after step 4 (its checkpoint-4 saved), then started again
+    save_config = rt.save_config_callback
+
+    def stop_after_step_4(write_config):
+        class StopAt4(type(save_config(write_config))):
+            def on_step_end(self, args, state, control, **kwargs):
+                control.should_training_stop = state.global_step == 4
+
+        return StopAt4()
+
+    monkeypatch.setattr(rt, "save_config_callback", stop_after_step_4)
+    first = run_train(tmp_path / "resumed", assets, **common)
+    assert json.loads((first / "train_report.json").read_text())["global_step"] == 4
+    monkeypatch.setattr(rt, "save_config_callback", save_config)
+    out = run_train(tmp_path / "resumed", assets, **common)
     report = json.loads((out / "train_report.json").read_text())
     assert report["resumed_from"].endswith("checkpoint-4") and report["global_step"] == 6
     resumed = losses(out)
