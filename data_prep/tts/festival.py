@@ -79,7 +79,9 @@ class FestivalEngine(Engine):
         return ACCENTS.get(voice, "")
 
     def _draw_params(self, voice: str, rng: np.random.Generator) -> dict[str, Any]:
-        return {"duration_stretch": round(float(rng.uniform(*self.stretch_range)), 3)}
+        stretch = round(float(rng.uniform(*self.stretch_range)), 3)
+        # HTS voices (e.g. cmu_us_slt_arctic_hts) ignore Duration_Stretch: record what they really do.
+        return {"duration_stretch": 1.0 if voice.endswith("_hts") else stretch}
 
     def _synthesize(self, text: str, voice: str, params: dict[str, Any]) -> tuple[np.ndarray, int]:
         what = f"festival voice {voice!r} on {excerpt(text)}"
