@@ -91,3 +91,19 @@ def test_score_per_speaker_and_compare():
     assert p["rate_a"] == pytest.approx(2 / 6) and p["rate_b"] == 0 and p["delta"] < 0
     with pytest.raises(ValueError, match="same utterances"):
         compare(recs[:2], fixed, n_boot=10)
+
+
+def test_model_fingerprint_ignores_the_card_but_not_the_weights(tmp_path):
+    import os
+
+    from recipe.evaluate import model_fingerprint
+
+    (tmp_path / "model.safetensors").write_bytes(b"w" * 10)
+    (tmp_path / "config.json").write_text("{}")
+    before = model_fingerprint(str(tmp_path))
+    (tmp_path / "README.md").write_text("card written after the final evaluation")
+    assert model_fingerprint(str(tmp_path)) == before
+    (tmp_path / "model.safetensors").write_bytes(b"w" * 11)
+    os.utime(tmp_path / "model.safetensors", ns=(1, 1))
+    assert model_fingerprint(str(tmp_path)) != before
+    assert model_fingerprint("openai/whisper-tiny") == "openai/whisper-tiny"
