@@ -100,7 +100,11 @@ mkdir -p "$markers"
 # The hash chain: a stage's hash covers the config, the overrides and the previous stage's hash,
 # so redoing one stage invalidates every stage after it.
 prev_hash=""
-stage_hash() { printf '%s\n' "$prev_hash" "$1" "$(cat "$config")" ${overrides[@]+"${overrides[@]}"} | sha256sum | cut -c1-16; }
+# Only what a stage reads goes into its hash: the `run` section, its own section and its overrides.
+section_json() {
+  "$PY" -c 'import json, sys, yaml; d = yaml.safe_load(open(sys.argv[1])) or {}; print(json.dumps([d.get("run"), d.get(sys.argv[2])], sort_keys=True))' "$config" "$1"
+}
+stage_hash() { { printf '%s\n' "$prev_hash" "$1"; section_json "$1"; stage_args "$1"; } | sha256sum | cut -c1-16; }
 is_done() { [ -f "$markers/$1.done" ] && [ "$(cat "$markers/$1.done")" = "$2" ]; }
 mark_done() { echo "$2" > "$markers/$1.done.tmp" && mv "$markers/$1.done.tmp" "$markers/$1.done"; }
 
