@@ -139,8 +139,8 @@ def plot(summary: dict, path: Path) -> None:
 
     arms = list(summary["arms"])
     means = [100 * summary["arms"][a]["wer_mean"] for a in arms]
-    lo = [m - 100 * summary["arms"][a]["wer_ci"][0] for m, a in zip(means, arms)]
-    hi = [100 * summary["arms"][a]["wer_ci"][1] - m for m, a in zip(means, arms)]
+    lo = [m - 100 * summary["arms"][a]["wer_ci"][0] for m, a in zip(means, arms, strict=True)]
+    hi = [100 * summary["arms"][a]["wer_ci"][1] - m for m, a in zip(means, arms, strict=True)]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     colors = ["tab:green" if a == REFERENCE_ARM else "tab:gray" for a in arms]
     ax.bar(arms, means, yerr=[lo, hi], capsize=4, color=colors)

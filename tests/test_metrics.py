@@ -75,7 +75,7 @@ def test_paired_bootstrap_detects_a_real_improvement_and_not_a_fake_one():
 def _records(hyps, refs, speakers):
     return [
         {"id": str(i), "ref_norm": r, "hyp_norm": h, "speaker": s, "accent": ""}
-        for i, (h, r, s) in enumerate(zip(hyps, refs, speakers))
+        for i, (h, r, s) in enumerate(zip(hyps, refs, speakers, strict=True))
     ]
 
 

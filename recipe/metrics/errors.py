@@ -66,7 +66,7 @@ def error_counts(references: list[str], hypotheses: list[str], unit: str = "word
     if nonempty:
         process = jiwer.process_words if unit == "word" else jiwer.process_characters
         out = process([references[i] for i in nonempty], [hypotheses[i] for i in nonempty])
-        for i, chunks in zip(nonempty, out.alignments):
+        for i, chunks in zip(nonempty, out.alignments, strict=True):
             for c in chunks:
                 span = c.ref_end_idx - c.ref_start_idx if c.type != "insert" else c.hyp_end_idx - c.hyp_start_idx
                 counts[c.type][i] += span

@@ -7,10 +7,10 @@ Scoring raw strings would count casing, punctuation and spelling variants ("colo
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_normalizer(language: str = "en") -> Callable[[str], str]:
     from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
 
