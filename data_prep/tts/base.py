@@ -176,6 +176,12 @@ def run_engine(
     return proc
 
 
+def listing_output(argv: list[str], what: str, install_hint: str) -> str:
+    """Stdout of an engine's voice-listing command (no stdin, the default timeout), as text."""
+    proc = run_engine(argv, stdin=None, timeout=DEFAULT_TIMEOUT, what=what, install_hint=install_hint)
+    return proc.stdout.decode("utf-8", "replace")
+
+
 def tail(stderr: bytes, limit: int = 300) -> str:
     """The end of a process's stderr, decoded, for an error message."""
     text = stderr.decode("utf-8", "replace").strip()

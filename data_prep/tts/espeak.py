@@ -26,7 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.tts.base import DEFAULT_TIMEOUT, Engine, EngineUnavailable, decode_wav, excerpt, run_engine
+from data_prep.tts.base import (
+    DEFAULT_TIMEOUT,
+    Engine,
+    EngineUnavailable,
+    decode_wav,
+    excerpt,
+    listing_output,
+    run_engine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +119,7 @@ def variant_names(listing: list[ListedVoice]) -> list[str]:
 @functools.cache
 def _listing(executable: str, which: str) -> tuple[ListedVoice, ...]:
     """``espeak-ng --voices=<which>``, parsed; cached because every engine instance asks."""
-    argv = [executable, f"--voices={which}"]
-    proc = run_engine(
-        argv, stdin=None, timeout=DEFAULT_TIMEOUT, what="espeak-ng voice listing", install_hint=INSTALL
-    )
-    return tuple(parse_listing(proc.stdout.decode("utf-8", "replace")))
+    return tuple(parse_listing(listing_output([executable, f"--voices={which}"], "espeak-ng voice listing", INSTALL)))
 
 
 class EspeakEngine(Engine):

@@ -18,7 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.tts.base import DEFAULT_TIMEOUT, Engine, SynthesisError, decode_wav, excerpt, run_engine, tail
+from data_prep.tts.base import (
+    DEFAULT_TIMEOUT,
+    Engine,
+    SynthesisError,
+    decode_wav,
+    excerpt,
+    listing_output,
+    run_engine,
+    tail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +55,7 @@ def parse_voice_list(output: str) -> list[str]:
 @functools.cache
 def _voice_list(festival: str) -> tuple[str, ...]:
     argv = [festival, "--batch", "(print (voice.list))"]
-    proc = run_engine(
-        argv, stdin=None, timeout=DEFAULT_TIMEOUT, what="festival voice list", install_hint=INSTALL
-    )
-    return tuple(parse_voice_list(proc.stdout.decode("utf-8", "replace")))
+    return tuple(parse_voice_list(listing_output(argv, "festival voice list", INSTALL)))
 
 
 class FestivalEngine(Engine):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.tts.base import DEFAULT_TIMEOUT, Engine, decode_wav, excerpt, run_engine
+from data_prep.tts.base import DEFAULT_TIMEOUT, Engine, decode_wav, excerpt, listing_output, run_engine
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,7 @@ def parse_voice_list(output: str) -> list[str]:
 
 @functools.cache
 def _voice_list(executable: str) -> tuple[str, ...]:
-    proc = run_engine(
-        [executable, "-lv"], stdin=None, timeout=DEFAULT_TIMEOUT, what="flite -lv", install_hint=INSTALL
-    )
-    return tuple(parse_voice_list(proc.stdout.decode("utf-8", "replace")))
+    return tuple(parse_voice_list(listing_output([executable, "-lv"], "flite -lv", INSTALL)))
 
 
 class FliteEngine(Engine):
