@@ -40,13 +40,25 @@ class SourceError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
+_DESCRIPTION = re.compile(r"\[[^\]]*\]|\([^)]*\)|<[^>]*>")
+_KEYPAD_WORDS = {"*": "star", "#": "pound"}
+
+
+def _spoken_text(text: str) -> str:
+    """What an Asterisk prompt actually says, from its doc-file transcript."""
+    text = _DESCRIPTION.sub(" ", text)
+    text = re.sub(r"(?<!\S)[*#](?!\S)", lambda m: _KEYPAD_WORDS[m.group()], text)
+    return " ".join(text.split())
+
+
 def read_asterisk(path: str = "") -> Iterator[RawUtterance]:
     """The Asterisk IVR prompts: one US female voice (Allison), 8 kHz telephone audio.
 
-    Transcripts come from the package's doc file (`name: text`). A text that is only a bracketed
-    description (`[ascending tones]`, `[1 second of silence]`) is a tone, not speech, and is left
-    out of the listing (the prepare report counts it); bracketed asides inside speech (`at [@]`)
-    are removed.
+    Transcripts come from the package's doc file (`name: text`). Descriptions in brackets,
+    parentheses or angle brackets (`[ascending tones]`, `(1 second of silence)`, `<beep
+    ascending>`, `IAX (note: does not say "2")`) are not spoken and are removed; a text that was
+    only a description is a tone or silence and is skipped as no_speech (the prepare report
+    counts it). The keypad symbols `*` and `#` are read aloud as "star" and "pound".
     """
     sounds = Path(path) if path else ASTERISK_SOUNDS
     if not sounds.is_dir() or not ASTERISK_TRANSCRIPTS.is_file():
@@ -57,7 +69,7 @@ def read_asterisk(path: str = "") -> Iterator[RawUtterance]:
             if not line or line.startswith(";") or ":" not in line:
                 continue
             name, text = (s.strip() for s in line.split(":", 1))
-            spoken = re.sub(r"\[[^\]]*\]", " ", text).strip()
+            spoken = _spoken_text(text)
             yield RawUtterance(
                 id=f"asterisk-{name.replace('/', '-')}",
                 text=spoken,

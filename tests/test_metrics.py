@@ -41,6 +41,10 @@ def test_english_normalizer():
     assert n("Hello, Mr. Smith!") == n("hello mister smith")
     assert n("colour") in ("colour", "color")  # no spelling map offline: must not crash
     assert get_normalizer("de")("Grüße, Welt!") == "grüße welt"
+    # a trailing ellipsis is punctuation, not a word (the bare normalizer keeps one dot of it)
+    assert n("The time will be exactly...") == "the time will be exactly"
+    assert n("... extension ...") == "extension"
+    assert n("To exit the menu…") == "to exit the menu"
 
 
 def test_bootstrap_ci_contains_estimate_and_narrows():

@@ -11,7 +11,7 @@ from conftest import tone, write_wav
 from data_prep import schema
 from data_prep.leakage import LeakageGuard
 from data_prep.prepare import BadInput, prepare
-from data_prep.sources import ASTERISK_SOUNDS, read_asterisk
+from data_prep.sources import ASTERISK_SOUNDS, _spoken_text, read_asterisk
 from recipe.config import parse_args
 
 
@@ -199,7 +199,19 @@ def test_asterisk_listing_drops_tones():
     tones = [u for u in listing if u.skip_reason == "no_speech"]
     speech = [u for u in listing if not u.skip_reason]
     assert len(speech) > 500 and 5 <= len(tones) < 30
-    assert all(u.text and "[" not in u.text for u in speech)
+    assert all(u.text and not any(c in u.text for c in "[(<*#") for u in speech)
+    by_id = {u.id: u for u in listing}
+    # descriptions in any bracket style are not speech: silence and beeps are skipped
+    assert by_id["asterisk-silence-1"].skip_reason == by_id["asterisk-confbridge-leave"].skip_reason == "no_speech"
+    assert by_id["asterisk-spy-iax2"].text == "IAX"
+    # the keypad symbols are spoken as words
+    assert "separated by star and then" in by_id["asterisk-demo-enterkeywords"].text
+
+
+def test_asterisk_spoken_text():
+    assert _spoken_text("Press # to enter a new [=] name (simple tone sound plays)") == "Press pound to enter a new name"
+    assert _spoken_text("<beep ascending>") == ""
+    assert _spoken_text("C# stays") == "C# stays"
 
 
 def test_target_accents(tmp_path):

@@ -21,4 +21,6 @@ def get_normalizer(language: str = "en") -> Callable[[str], str]:
     else:
         norm = BasicTextNormalizer()
     # Both can leave stray spaces where punctuation was; word splitting ignores them, CER does not.
-    return lambda text: " ".join(norm(text).split())
+    # EnglishTextNormalizer also keeps the last dot of a trailing ellipsis ("exactly..." ->
+    # "exactly ."), which would count as a word: tokens made only of dots are dropped.
+    return lambda text: " ".join(w for w in norm(text).split() if w.strip("."))
