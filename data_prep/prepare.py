@@ -123,10 +123,14 @@ def load_utterance(raw: RawUtterance, args) -> dict:
     )
 
 
+def group_key(split_by: str):
+    return {"text": lambda r: normalize_text(r["text"]), "speaker": lambda r: r["speaker"], "utterance": lambda r: r["id"]}[split_by]
+
+
 def split_target(rows: list[dict], split_by: str, test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Hold out whole groups (texts, speakers or utterances) so nothing of target_test is seen in
     training: with `text`, every copy of a sentence lands on the same side."""
-    key = {"text": lambda r: normalize_text(r["text"]), "speaker": lambda r: r["speaker"], "utterance": lambda r: r["id"]}[split_by]
+    key = group_key(split_by)
     groups = sorted({key(r) for r in rows})
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(groups))
@@ -137,6 +141,24 @@ def split_target(rows: list[dict], split_by: str, test_fraction: float, seed: in
     train = [r for r in rows if key(r) not in test_groups]
     test = [r for r in rows if key(r) in test_groups]
     return train, test
+
+
+def take_groups(rows: list[dict], split_by: str, n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Whole groups, in a seeded order, until at least ``n`` utterances are taken (all when fewer
+    remain); returns (taken, rest). Used to carve target_dev out of the held-out side."""
+    if n <= 0:
+        return [], rows
+    key = group_key(split_by)
+    groups = sorted({key(r) for r in rows})
+    chosen: set = set()
+    size = Counter(key(r) for r in rows)
+    taken = 0
+    for i in np.random.default_rng(seed).permutation(len(groups)):
+        if taken >= n:
+            break
+        chosen.add(groups[i])
+        taken += size[groups[i]]
+    return [r for r in rows if key(r) in chosen], [r for r in rows if key(r) not in chosen]
 
 
 def cap(rows: list[dict], n: int, seed: int) -> tuple[list[dict], int]:
@@ -190,6 +212,12 @@ def prepare(run, args) -> dict:
     target = [r for r in rows if is_target(r)]
     source = [r for r in rows if not is_target(r)]
     train, test = split_target(target, args.split_by, args.test_fraction, run.seed)
+    dev, test = take_groups(test, args.split_by, args.dev_utterances, run.seed + 2)
+    if args.dev_utterances and not test:
+        raise ValueError(
+            f"prepare: dev_utterances {args.dev_utterances} took every held-out utterance ({len(dev)}); "
+            "lower dev_utterances or raise test_fraction"
+        )
     train, over_train = cap(train, args.max_train_utterances, run.seed)
     test, over_test = cap(test, args.max_test_utterances, run.seed + 1)
     if over_train:
@@ -201,7 +229,8 @@ def prepare(run, args) -> dict:
         source = []
 
     # An empty split is left out (datasets cannot reload a saved empty split); the report names it.
-    splits = {k: v for k, v in (("target_train", train), ("target_test", test), ("source", source)) if v}
+    named = (("target_train", train), ("target_dev", dev), ("target_test", test), ("source", source))
+    splits = {k: v for k, v in named if v}
     empty = [k for k, v in (("target_train", train), ("target_test", test)) if not v]
     if empty:
         log.warning("prepare: split(s) %s are empty (test_fraction %s) and are not written", empty, args.test_fraction)
@@ -210,7 +239,8 @@ def prepare(run, args) -> dict:
         {k: Dataset.from_dict({c: [r[c] for r in v] for c in features}, features=features) for k, v in splits.items()}
     )
 
-    guard = LeakageGuard([r["text"] for r in test] if args.protect_test_texts else [])
+    # dev texts are protected too: a synthesized dev sentence would flatter checkpoint selection
+    guard = LeakageGuard([r["text"] for r in dev + test] if args.protect_test_texts else [])
     if not args.protect_test_texts:
         log.warning("prepare: protect_test_texts is off: later stages may synthesize target_test texts")
     report = {

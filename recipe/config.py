@@ -80,6 +80,11 @@ class PrepareArgs:
         choices=["text", "speaker", "utterance"],
     )
     test_fraction: float = _f(0.5, "Fraction of target groups (texts, speakers or utterances) held out as target_test.")
+    dev_utterances: int = _f(
+        0,
+        "Move about this many held-out utterances (whole groups, as split_by) from target_test into a "
+        "`target_dev` split, for checkpoint selection and tuning without touching target_test; 0: none.",
+    )
     max_train_utterances: int = _f(0, "Keep at most this many target_train utterances (0: all); the rest is dropped, counted.")
     max_test_utterances: int = _f(0, "Keep at most this many target_test utterances (0: all).")
     protect_test_texts: bool = _f(

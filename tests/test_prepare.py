@@ -187,6 +187,26 @@ def test_split_by_text_never_shares_a_sentence(tmp_path):
     assert set(schema.load_split(out, "target_test")["text"]) != test
 
 
+def test_dev_split_is_held_out_by_text_and_protected(tmp_path):
+    d = tmp_path / "af"
+    lines = []
+    for i in range(40):
+        write_wav(d / f"c{i}.wav", tone(0.3, 16_000, seed=i))
+        lines.append(f"c{i}.wav,Sentence number {i % 20}.,s\n")  # every text recorded twice
+    (d / "metadata.csv").write_text("file_name,text,speaker\n" + "".join(lines))
+    _, _, rep = run_prepare(
+        tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "text", "--test_fraction", "0.5", "--dev_utterances", "5"
+    )
+    out = tmp_path / "exp" / "data"
+    train, dev, test = (set(schema.load_split(out, s)["text"]) for s in ("target_train", "target_dev", "target_test"))
+    assert train.isdisjoint(dev) and train.isdisjoint(test) and dev.isdisjoint(test)
+    # whole texts move: 3 texts (6 utterances) to reach at least 5
+    assert len(dev) == 3 and rep["kept"] == {"target_train": 20, "target_dev": 6, "target_test": 14}
+    assert rep["protected_texts"] == 10
+    with pytest.raises(ValueError, match="dev_utterances"):
+        run_prepare(tmp_path, "--source", "audiofolder", "--path", str(d), "--test_fraction", "0.5", "--dev_utterances", "50")
+
+
 def test_caps_are_counted(tmp_path):
     root = fsdd_layout(tmp_path / "fsdd", speakers=("bob",))
     _, _, rep = run_prepare(tmp_path, "--source", "fsdd", "--path", str(root), "--split_by", "utterance", "--max_train_utterances", "4")
