@@ -193,6 +193,11 @@ class TrainArgs:
         "Whisper when the median training utterance is shorter than half the window.",
         choices=["auto", "on", "off"],
     )
+    unpacked_share: float = _f(
+        0.0,
+        "With packing: share of utterance draws kept alone in their window, the shape evaluation decodes "
+        "(one utterance, then silence); the rest are packed. 0: all packed.",
+    )
     pack_max_seconds: float = _f(28.0, "Longest packed window; below 30 s so no utterance is cut at the window edge.")
     pack_gap_seconds: float = _f(0.6, "Silence between packed utterances (ASSETS.md: 0.6 s decodes as well as one by one).")
     max_audio_seconds: float = _f(30.0, "Drop training utterances longer than this (Whisper's window is 30 s), counted.")

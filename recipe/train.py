@@ -216,6 +216,8 @@ def build_train_examples(
             "packing": False,
             "utterances": len(pool),
         }
+    if not 0.0 <= targs.unpacked_share <= 1.0:
+        raise ConfigError(f"unpacked_share must be within [0, 1], got {targs.unpacked_share}")
     texts = pool["text"]
     limit = asr.label_limit(targs)
     rng = np.random.default_rng(seed)
@@ -223,21 +225,26 @@ def build_train_examples(
     # Each utterance's text tokens; the prefix/end tokens are paid once per window.
     overhead = asr.label_overhead()
     tokens = asr.label_lengths(texts) - overhead
+    # The first draws of the seeded order stay alone: windows shaped like evaluation's.
+    n_single = int(round(targs.unpacked_share * len(order)))
     windows = pack_windows(
-        order, durations, tokens, targs.pack_max_seconds, targs.pack_gap_seconds, limit - overhead
+        order[n_single:], durations, tokens, targs.pack_max_seconds, targs.pack_gap_seconds, limit - overhead
     )
     joined = [join_transcripts([texts[i] for i in w]) for w in windows]
     windows, n_split = split_oversized(windows, asr.label_lengths(joined) > limit)
     if n_split:
         logger.info("packing: split %d windows whose joined label exceeded %d tokens", n_split, limit)
+    windows = [[int(i)] for i in order[:n_single]] + windows
     summary = packing_summary(windows, durations, targs.pack_gap_seconds, asr.max_input_seconds)
     logger.info(
-        "packing: %d utterance draws into %d windows (%.2f per window, %.0f%% of the encoder's window is speech)",
+        "packing: %d utterance draws into %d windows (%d left alone; %.2f per window, %.0f%% of the encoder's window is speech)",
         summary["utterances"],
         summary["windows"],
+        n_single,
         summary["utterances_per_window"],
         100 * summary["speech_fill"],
     )
+    summary["unpacked_utterances"] = n_single
     return WindowDataset(pool, windows, gap_seconds=targs.pack_gap_seconds), {"packing": True, **summary}
 
 
