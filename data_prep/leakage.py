@@ -46,7 +46,9 @@ class LeakageGuard:
         return allowed, refused
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps({"splits": self.splits, "texts": sorted(self.texts)}, indent=1) + "\n")
+        Path(path).write_text(
+            json.dumps({"splits": self.splits, "texts": sorted(self.texts)}, indent=1) + "\n"
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LeakageGuard:

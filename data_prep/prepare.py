@@ -53,14 +53,18 @@ EXPECTED_SKIPS = {"no_speech"}
 class BadInput(ValueError):
     def __init__(self, reason: str, where: str, detail: str = ""):
         self.reason, self.where = reason, where
-        super().__init__(f"{where}: {reason.replace('_', ' ')}{f' ({detail})' if detail else ''}; fix: {FIXES[reason]}")
+        super().__init__(
+            f"{where}: {reason.replace('_', ' ')}{f' ({detail})' if detail else ''}; fix: {FIXES[reason]}"
+        )
 
 
 def decode_file(path: str | None, data: bytes | None) -> tuple[np.ndarray, int]:
     """(channels-first float32 samples, rate). soundfile handles WAV/FLAC/OGG; anything else
     (mp3, m4a, ...) goes through torchcodec's ffmpeg decoder."""
     try:
-        samples, rate = sf.read(io.BytesIO(data) if data is not None else path, dtype="float32", always_2d=True)
+        samples, rate = sf.read(
+            io.BytesIO(data) if data is not None else path, dtype="float32", always_2d=True
+        )
         return samples.T, rate
     except sf.LibsndfileError:
         from torchcodec.decoders import AudioDecoder
@@ -119,15 +123,26 @@ def load_utterance(raw: RawUtterance, args) -> dict:
         speaker=raw.speaker,
         accent=raw.accent,
         origin="real",
-        generator={"source": args.source, "file": raw.path, "original_rate": rate, "original_channels": samples.shape[0]},
+        generator={
+            "source": args.source,
+            "file": raw.path,
+            "original_rate": rate,
+            "original_channels": samples.shape[0],
+        },
     )
 
 
 def group_key(split_by: str):
-    return {"text": lambda r: normalize_text(r["text"]), "speaker": lambda r: r["speaker"], "utterance": lambda r: r["id"]}[split_by]
+    return {
+        "text": lambda r: normalize_text(r["text"]),
+        "speaker": lambda r: r["speaker"],
+        "utterance": lambda r: r["id"],
+    }[split_by]
 
 
-def split_target(rows: list[dict], split_by: str, test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split_target(
+    rows: list[dict], split_by: str, test_fraction: float, seed: int
+) -> tuple[list[dict], list[dict]]:
     """Hold out whole groups (texts, speakers or utterances) so nothing of target_test is seen in
     training: with `text`, every copy of a sentence lands on the same side."""
     key = group_key(split_by)
@@ -196,13 +211,17 @@ def prepare(run, args) -> dict:
         seen.add(raw.id)
         rows.append(row)
     if not rows:
-        raise RuntimeError(f"prepare: no usable utterance in source {args.source} {args.path!r}; dropped: {dict(dropped)}")
+        raise RuntimeError(
+            f"prepare: no usable utterance in source {args.source} {args.path!r}; dropped: {dict(dropped)}"
+        )
 
     wanted = {"speaker": set(args.target_speakers), "accent": set(args.target_accents)}
     for key, values in wanted.items():
         unknown = values - {r[key] for r in rows}
         if unknown:
-            raise ValueError(f"target_{key}s {sorted(unknown)} not found; {key}s in the source: {sorted({r[key] for r in rows})}")
+            raise ValueError(
+                f"target_{key}s {sorted(unknown)} not found; {key}s in the source: {sorted({r[key] for r in rows})}"
+            )
 
     def is_target(r: dict) -> bool:
         if not any(wanted.values()):
@@ -233,10 +252,15 @@ def prepare(run, args) -> dict:
     splits = {k: v for k, v in named if v}
     empty = [k for k, v in (("target_train", train), ("target_test", test)) if not v]
     if empty:
-        log.warning("prepare: split(s) %s are empty (test_fraction %s) and are not written", empty, args.test_fraction)
+        log.warning(
+            "prepare: split(s) %s are empty (test_fraction %s) and are not written", empty, args.test_fraction
+        )
     features = schema.features()
     dd = DatasetDict(
-        {k: Dataset.from_dict({c: [r[c] for r in v] for c in features}, features=features) for k, v in splits.items()}
+        {
+            k: Dataset.from_dict({c: [r[c] for r in v] for c in features}, features=features)
+            for k, v in splits.items()
+        }
     )
 
     # dev texts are protected too: a synthesized dev sentence would flatter checkpoint selection
@@ -247,7 +271,8 @@ def prepare(run, args) -> dict:
         "stage": "prepare",
         "source": args.source,
         "path": args.path,
-        "listed": len(rows) + sum(v for k, v in dropped.items() if not k.startswith("over_") and k != "non_target"),
+        "listed": len(rows)
+        + sum(v for k, v in dropped.items() if not k.startswith("over_") and k != "non_target"),
         "kept": {k: len(v) for k, v in splits.items()},
         "hours": {k: round(sum(r["duration"] for r in v) / 3600, 4) for k, v in splits.items()},
         "speakers": {k: sorted({r["speaker"] for r in v}) for k, v in splits.items()},

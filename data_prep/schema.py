@@ -48,7 +48,13 @@ def features():
 def encode_wav(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     """16-bit PCM WAV bytes; samples are clipped to [-1, 1] (PCM cannot hold more)."""
     buf = io.BytesIO()
-    sf.write(buf, np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    sf.write(
+        buf,
+        np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0),
+        sample_rate,
+        format="WAV",
+        subtype="PCM_16",
+    )
     return buf.getvalue()
 
 
@@ -112,7 +118,9 @@ def load_split(path: str | os.PathLike, split: str | None = None):
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first (see run_finetune.sh --help)")
+        raise FileNotFoundError(
+            f"{path} does not exist: run the stage that writes it first (see run_finetune.sh --help)"
+        )
     ds = load_from_disk(str(path))
     if isinstance(ds, DatasetDict):
         if split is None:

@@ -62,7 +62,9 @@ def read_asterisk(path: str = "") -> Iterator[RawUtterance]:
     """
     sounds = Path(path) if path else ASTERISK_SOUNDS
     if not sounds.is_dir() or not ASTERISK_TRANSCRIPTS.is_file():
-        raise SourceError(f"asterisk prompts not found at {sounds} / {ASTERISK_TRANSCRIPTS}; install them: {ASTERISK_APT}")
+        raise SourceError(
+            f"asterisk prompts not found at {sounds} / {ASTERISK_TRANSCRIPTS}; install them: {ASTERISK_APT}"
+        )
     with gzip.open(ASTERISK_TRANSCRIPTS, "rt", encoding="utf-8") as f:
         for line in f:
             line = line.strip()
@@ -117,12 +119,16 @@ def _fsdd_accents(metadata_py: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-def _records_from_table(rows: Iterator[dict], base: Path, where: str, columns: dict[str, str]) -> Iterator[RawUtterance]:
+def _records_from_table(
+    rows: Iterator[dict], base: Path, where: str, columns: dict[str, str]
+) -> Iterator[RawUtterance]:
     """Rows of a CSV/JSONL manifest or an audiofolder's metadata -> records; paths relative to ``base``."""
     audio_col = columns["audio"]
     for i, row in enumerate(rows):
         if audio_col not in row:
-            raise SourceError(f"{where}: row {i + 1} has no audio column {audio_col!r}; set `audio_column` to one of {sorted(row)}")
+            raise SourceError(
+                f"{where}: row {i + 1} has no audio column {audio_col!r}; set `audio_column` to one of {sorted(row)}"
+            )
         rel = str(row[audio_col] or "")
         audio_path = Path(rel) if Path(rel).is_absolute() else base / rel
         uid = str(row.get(columns["id"]) or "") or Path(rel).with_suffix("").as_posix().replace("/", "-")
@@ -166,7 +172,9 @@ def _read_jsonl_rows(path: Path) -> Iterator[dict]:
                 try:
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise SourceError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from e
+                    raise SourceError(
+                        f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object"
+                    ) from e
 
 
 def read_manifest(path: str, columns: dict[str, str]) -> Iterator[RawUtterance]:
@@ -187,7 +195,9 @@ def read_audiofolder(path: str, columns: dict[str, str]) -> Iterator[RawUtteranc
         if meta.is_file():
             break
     else:
-        raise SourceError(f"{root}: an audiofolder needs metadata.csv or metadata.jsonl with a `file_name` column")
+        raise SourceError(
+            f"{root}: an audiofolder needs metadata.csv or metadata.jsonl with a `file_name` column"
+        )
     rows = _read_jsonl_rows(meta) if meta.suffix == ".jsonl" else _read_csv_rows(meta)
     yield from _records_from_table(rows, root, str(meta), {**columns, "audio": "file_name"})
 
@@ -198,7 +208,9 @@ def read_hub(name: str, config: str, split: str, columns: dict[str, str]) -> Ite
 
     ds = load_dataset(name, config or None, split=split)
     if columns["audio"] not in ds.column_names:
-        raise SourceError(f"Hub dataset {name} has no column {columns['audio']!r}; columns: {ds.column_names}")
+        raise SourceError(
+            f"Hub dataset {name} has no column {columns['audio']!r}; columns: {ds.column_names}"
+        )
     ds = ds.cast_column(columns["audio"], Audio(decode=False))
     for i, row in enumerate(ds):
         audio = row[columns["audio"]]

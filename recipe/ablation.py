@@ -65,7 +65,13 @@ def run_arm(arm: str, seed: int, cfg: str | None, exp: Path, args) -> Path:
         cmd += ["--dataset", str(exp / "data"), "--split", args.split]
     else:
         cmd = ["recipe.train", "--data_dir", str(exp / "data"), "--filter_dir", str(exp / "filter")]
-        cmd += ["--use_candidates", ARM_CANDIDATES[arm], "--final_eval_splits", args.split, *args.extra_train_args]
+        cmd += [
+            "--use_candidates",
+            ARM_CANDIDATES[arm],
+            "--final_eval_splits",
+            args.split,
+            *args.extra_train_args,
+        ]
     _run([sys.executable, "-m", cmd[0], *common, *cmd[1:]])
     return hyps
 
@@ -108,7 +114,9 @@ def summarize(results: dict[str, list[list[dict]]], n_boot: int, seed: int) -> d
                 continue
             # Scale each arm's summed errors to the same number of seeds (zero-shot has one run).
             ea = s["_errors"].sum(0) * (n_seeds / s["n_seeds"])
-            comparisons[arm] = paired_bootstrap(ea, ref["_errors"].sum(0), ref["_ref_len"] * n_seeds, n_boot=n_boot, seed=seed)
+            comparisons[arm] = paired_bootstrap(
+                ea, ref["_errors"].sum(0), ref["_ref_len"] * n_seeds, n_boot=n_boot, seed=seed
+            )
     for s in per_arm.values():
         s.pop("_errors"), s.pop("_ref_len")
     return {"n_utterances": len(ids), "arms": per_arm, f"{REFERENCE_ARM}_vs": comparisons}
@@ -128,7 +136,10 @@ def to_markdown(summary: dict) -> str:
             f"| {arm} | {100 * s['wer_mean']:.2f}% | [{100 * s['wer_ci'][0]:.2f}, {100 * s['wer_ci'][1]:.2f}] | "
             f"{100 * s['wer_std_over_seeds']:.2f} | {s['n_seeds']} | {delta} | {p} |"
         )
-    return "\n".join(lines) + f"\n\n{summary['n_utterances']} test utterances; negative delta: {REFERENCE_ARM} is better.\n"
+    return (
+        "\n".join(lines)
+        + f"\n\n{summary['n_utterances']} test utterances; negative delta: {REFERENCE_ARM} is better.\n"
+    )
 
 
 def plot(summary: dict, path: Path) -> None:

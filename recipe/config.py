@@ -62,37 +62,53 @@ class PrepareArgs:
     )
     hub_config: str = _f("", "Hub dataset configuration name (source=hub).")
     hub_split: str = _f("train", "Hub dataset split to read (source=hub).")
-    audio_column: str = _f("audio", "Column holding audio (hub) or the audio file path (csv, jsonl, relative to the manifest).")
+    audio_column: str = _f(
+        "audio", "Column holding audio (hub) or the audio file path (csv, jsonl, relative to the manifest)."
+    )
     text_column: str = _f("text", "Column holding the transcript.")
-    speaker_column: str = _f("speaker", "Column holding the speaker id; empty or missing means one speaker per source.")
+    speaker_column: str = _f(
+        "speaker", "Column holding the speaker id; empty or missing means one speaker per source."
+    )
     accent_column: str = _f("accent", "Column holding the accent label; empty or missing means no accent.")
-    id_column: str = _f("id", "Column holding a unique utterance id; when missing, ids come from file names or row numbers.")
+    id_column: str = _f(
+        "id", "Column holding a unique utterance id; when missing, ids come from file names or row numbers."
+    )
     target_speakers: list[str] = _f(
-        [], "Speakers that form the target; the other speakers go to the `source` split. Empty: every speaker is target."
+        [],
+        "Speakers that form the target; the other speakers go to the `source` split. Empty: every speaker is target.",
     )
     target_accents: list[str] = _f(
-        [], "Accents that form the target (with target_speakers: either matches); the rest goes to `source`. Empty: no accent filter."
+        [],
+        "Accents that form the target (with target_speakers: either matches); the rest goes to `source`. Empty: no accent filter.",
     )
-    keep_source: bool = _f(True, "Write non-target utterances as a `source` split (perturbed into candidates later).")
+    keep_source: bool = _f(
+        True, "Write non-target utterances as a `source` split (perturbed into candidates later)."
+    )
     split_by: str = _f(
         "text",
         "How target_test is held out: `text` (no transcript in both splits), `speaker`, or `utterance`.",
         choices=["text", "speaker", "utterance"],
     )
-    test_fraction: float = _f(0.5, "Fraction of target groups (texts, speakers or utterances) held out as target_test.")
+    test_fraction: float = _f(
+        0.5, "Fraction of target groups (texts, speakers or utterances) held out as target_test."
+    )
     dev_utterances: int = _f(
         0,
         "Move about this many held-out utterances (whole groups, as split_by) from target_test into a "
         "`target_dev` split, for checkpoint selection and tuning without touching target_test; 0: none.",
     )
-    max_train_utterances: int = _f(0, "Keep at most this many target_train utterances (0: all); the rest is dropped, counted.")
+    max_train_utterances: int = _f(
+        0, "Keep at most this many target_train utterances (0: all); the rest is dropped, counted."
+    )
     max_test_utterances: int = _f(0, "Keep at most this many target_test utterances (0: all).")
     protect_test_texts: bool = _f(
         True,
         "Record the target_test texts so no stage synthesizes them (the leakage guard). Turn off only for a closed "
         "vocabulary (e.g. spoken digits) where every text is in both splits by design.",
     )
-    min_duration: float = _f(0.05, "Drop audio shorter than this many seconds (zero-length files are corrupt input).")
+    min_duration: float = _f(
+        0.05, "Drop audio shorter than this many seconds (zero-length files are corrupt input)."
+    )
     max_duration: float = _f(30.0, "Drop audio longer than this many seconds (Whisper's window is 30 s).")
     on_error: str = _f(
         "skip",
@@ -114,7 +130,10 @@ class EvaluateArgs:
     )
     dataset: str = _f("", "Dataset folder written by a stage (default: <output_dir>/data).")
     split: str = _f("target_test", "Split to evaluate.")
-    eval_name: str = _f("", "Name of this evaluation's subfolder under <output_dir>/eval (default: derived from model and split).")
+    eval_name: str = _f(
+        "",
+        "Name of this evaluation's subfolder under <output_dir>/eval (default: derived from model and split).",
+    )
     batch_size: int = _f(16, "Utterances per decoding batch.")
     num_beams: int = _f(1, "Beam size (1: greedy, as in the reference figures).")
     language: str = _f("en", "Language code: English uses Whisper's English normalizer, others a basic one.")
@@ -134,27 +153,47 @@ class GenerateArgs:
         "TTS engines (names in data_prep.tts.ENGINES, or `module:Class` for your own engine); one not installed "
         "is skipped and reported. Empty: no synthetic candidates.",
     )
-    voices: list[str] = _f([], "Keep only voices matching one of these shell patterns (e.g. `en-gb*`, `awb`); empty: all.")
-    max_voices_per_engine: int = _f(0, "At most this many voices per engine, a seeded choice (0: all).")
-    texts_per_voice: int = _f(20, "Texts each voice speaks: a seeded sample of the allowed texts (0: every text).")
-    max_synthetic: int = _f(0, "Cap on synthetic candidates over all voices: a seeded subset (0: no cap).")
-    text_corpus: str = _f("", "Text file, one sentence a line, whose lines join the target_train transcripts as TTS texts.")
-    perturb_recipe: str = _f(
-        "default", "Perturbation recipe: a builtin (default, telephone) or a YAML/JSON file (format: data_prep/perturb.py)."
+    voices: list[str] = _f(
+        [], "Keep only voices matching one of these shell patterns (e.g. `en-gb*`, `awb`); empty: all."
     )
-    copies_per_utterance: int = _f(2, "Perturbed copies of each real utterance (target_train, and source if included).")
-    perturb_synthetic_prob: float = _f(0.5, "Probability that a TTS output is also perturbed with the recipe.")
-    include_source: bool = _f(True, "Also perturb the `source` split (non-target real speakers) when the dataset has one.")
-    max_duration: float = _f(30.0, "Drop candidates longer than this many seconds (Whisper's window), counted.")
-    engine_timeout: float = _f(60.0, "Seconds one synthesis may take before it is killed and counted as a failure.")
+    max_voices_per_engine: int = _f(0, "At most this many voices per engine, a seeded choice (0: all).")
+    texts_per_voice: int = _f(
+        20, "Texts each voice speaks: a seeded sample of the allowed texts (0: every text)."
+    )
+    max_synthetic: int = _f(0, "Cap on synthetic candidates over all voices: a seeded subset (0: no cap).")
+    text_corpus: str = _f(
+        "", "Text file, one sentence a line, whose lines join the target_train transcripts as TTS texts."
+    )
+    perturb_recipe: str = _f(
+        "default",
+        "Perturbation recipe: a builtin (default, telephone) or a YAML/JSON file (format: data_prep/perturb.py).",
+    )
+    copies_per_utterance: int = _f(
+        2, "Perturbed copies of each real utterance (target_train, and source if included)."
+    )
+    perturb_synthetic_prob: float = _f(
+        0.5, "Probability that a TTS output is also perturbed with the recipe."
+    )
+    include_source: bool = _f(
+        True, "Also perturb the `source` split (non-target real speakers) when the dataset has one."
+    )
+    max_duration: float = _f(
+        30.0, "Drop candidates longer than this many seconds (Whisper's window), counted."
+    )
+    engine_timeout: float = _f(
+        60.0, "Seconds one synthesis may take before it is killed and counted as a failure."
+    )
     hf_model: str = _f(
-        "", "The `hf` engine's transformers TTS model: Hub id or folder (VITS/MMS-TTS, or SpeechT5 with speaker embeddings)."
+        "",
+        "The `hf` engine's transformers TTS model: Hub id or folder (VITS/MMS-TTS, or SpeechT5 with speaker embeddings).",
     )
     num_shards: int = _f(
-        0, "Shards the work is cut into; a finished shard is skipped on rerun (0: one per 500 candidates, at least one per process)."
+        0,
+        "Shards the work is cut into; a finished shard is skipped on rerun (0: one per 500 candidates, at least one per process).",
     )
     shard_index: int = _f(
-        -1, "Run only this shard (manual multi-machine runs); -1: this process's shards (RANK/WORLD_SIZE under accelerate)."
+        -1,
+        "Run only this shard (manual multi-machine runs); -1: this process's shards (RANK/WORLD_SIZE under accelerate).",
     )
     num_proc: int = _f(1, "Worker processes on this machine, each generating whole shards.")
 
@@ -172,8 +211,12 @@ class TrainArgs:
     data_dir: str = _f("", "Dataset written by the prepare stage (default: <output_dir>/data).")
     filter_dir: str = _f("", "Folder written by the filter stage (default: <output_dir>/filter).")
     train_split: str = _f("target_train", "Split of data_dir with the real target training speech.")
-    eval_split: str = _f("target_test", "Split evaluated during training (per utterance, never packed); empty: none.")
-    eval_max_utterances: int = _f(0, "Evaluate at most this many utterances during training (0: all); generation is slow on CPU.")
+    eval_split: str = _f(
+        "target_test", "Split evaluated during training (per utterance, never packed); empty: none."
+    )
+    eval_max_utterances: int = _f(
+        0, "Evaluate at most this many utterances during training (0: all); generation is slow on CPU."
+    )
     use_source: bool = _f(False, "Also train on the `source` split (non-target real speakers).")
     use_candidates: str = _f(
         "accepted",
@@ -182,11 +225,19 @@ class TrainArgs:
         "accepted set), weighted (every scored candidate, drawn in proportion to its `weight` column).",
         choices=["none", "accepted", "all", "random", "weighted"],
     )
-    mix_real: float = _f(0.0, "Share of training draws from the real target split; all mix_* 0: natural sizes.")
-    mix_candidates: float = _f(0.0, "Share of training draws from candidates (see mix_real); 0 with another share set: none.")
+    mix_real: float = _f(
+        0.0, "Share of training draws from the real target split; all mix_* 0: natural sizes."
+    )
+    mix_candidates: float = _f(
+        0.0, "Share of training draws from candidates (see mix_real); 0 with another share set: none."
+    )
     mix_source: float = _f(0.0, "Share of training draws from the source split (see mix_real).")
-    language: str = _f("en", "Language of the transcripts: sets language/task in a multilingual Whisper's generation config.")
-    task: str = _f("transcribe", "Whisper task for multilingual checkpoints.", choices=["transcribe", "translate"])
+    language: str = _f(
+        "en", "Language of the transcripts: sets language/task in a multilingual Whisper's generation config."
+    )
+    task: str = _f(
+        "transcribe", "Whisper task for multilingual checkpoints.", choices=["transcribe", "translate"]
+    )
     packing: str = _f(
         "auto",
         "Pack several utterances into one 30-s Whisper window (evaluation stays per utterance). auto: on for "
@@ -198,25 +249,48 @@ class TrainArgs:
         "With packing: share of utterance draws kept alone in their window, the shape evaluation decodes "
         "(one utterance, then silence); the rest are packed. 0: all packed.",
     )
-    pack_max_seconds: float = _f(28.0, "Longest packed window; below 30 s so no utterance is cut at the window edge.")
-    pack_gap_seconds: float = _f(0.6, "Silence between packed utterances (ASSETS.md: 0.6 s decodes as well as one by one).")
-    max_audio_seconds: float = _f(30.0, "Drop training utterances longer than this (Whisper's window is 30 s), counted.")
-    max_label_tokens: int = _f(448, "Drop utterances whose Whisper label exceeds this many tokens (decoder limit 448), counted.")
-    freeze_encoder: bool = _f(False, "Whisper: freeze the encoder (about 2.7x faster steps on CPU). CTC: train only the head.")
-    freeze_feature_encoder: bool = _f(True, "CTC: freeze the convolutional feature encoder (standard for Wav2Vec2 fine-tuning).")
-    spec_augment: bool = _f(False, "Apply SpecAugment masks during training (the model's own implementation).")
+    pack_max_seconds: float = _f(
+        28.0, "Longest packed window; below 30 s so no utterance is cut at the window edge."
+    )
+    pack_gap_seconds: float = _f(
+        0.6, "Silence between packed utterances (ASSETS.md: 0.6 s decodes as well as one by one)."
+    )
+    max_audio_seconds: float = _f(
+        30.0, "Drop training utterances longer than this (Whisper's window is 30 s), counted."
+    )
+    max_label_tokens: int = _f(
+        448, "Drop utterances whose Whisper label exceeds this many tokens (decoder limit 448), counted."
+    )
+    freeze_encoder: bool = _f(
+        False, "Whisper: freeze the encoder (about 2.7x faster steps on CPU). CTC: train only the head."
+    )
+    freeze_feature_encoder: bool = _f(
+        True, "CTC: freeze the convolutional feature encoder (standard for Wav2Vec2 fine-tuning)."
+    )
+    spec_augment: bool = _f(
+        False, "Apply SpecAugment masks during training (the model's own implementation)."
+    )
     mask_time_prob: float = _f(0.05, "SpecAugment: share of time steps masked.")
     mask_feature_prob: float = _f(0.0, "SpecAugment: share of feature channels masked.")
-    ctc_new_vocab: bool = _f(True, "CTC: build the character vocabulary from the training text and a new head for it.")
-    group_by_length: bool = _f(True, "CTC: batch utterances of similar length (less padding); off when weights are used.")
-    lora: bool = _f(False, "Train LoRA adapters (peft) instead of all weights; merged into the saved model at the end.")
+    ctc_new_vocab: bool = _f(
+        True, "CTC: build the character vocabulary from the training text and a new head for it."
+    )
+    group_by_length: bool = _f(
+        True, "CTC: batch utterances of similar length (less padding); off when weights are used."
+    )
+    lora: bool = _f(
+        False, "Train LoRA adapters (peft) instead of all weights; merged into the saved model at the end."
+    )
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA scaling (alpha / r multiplies the update).")
     lora_dropout: float = _f(0.05, "Dropout on the LoRA path.")
     lora_target_modules: list[str] = _f(["q_proj", "v_proj"], "Module names that get LoRA adapters.")
-    resume: bool = _f(True, "Resume from the last checkpoint in the training output folder when there is one.")
+    resume: bool = _f(
+        True, "Resume from the last checkpoint in the training output folder when there is one."
+    )
     final_eval_splits: list[str] = _f(
-        ["target_test"], "Splits decoded with the final model (recipe.evaluate) for the model card; empty: none."
+        ["target_test"],
+        "Splits decoded with the final model (recipe.evaluate) for the model card; empty: none.",
     )
     bootstrap_samples: int = _f(1000, "Bootstrap resamples for the model card's confidence intervals.")
 
@@ -251,8 +325,12 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {"train": TRAIN_DEFAULTS}
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class FilterArgs:
-    data_dir: str = _f("", "Dataset written by the prepare stage (default: <output_dir>/data); only target_train is read.")
-    candidates_dir: str = _f("", "Candidates written by the generate stage (default: <output_dir>/candidates/dataset).")
+    data_dir: str = _f(
+        "", "Dataset written by the prepare stage (default: <output_dir>/data); only target_train is read."
+    )
+    candidates_dir: str = _f(
+        "", "Candidates written by the generate stage (default: <output_dir>/candidates/dataset)."
+    )
     embedder: str = _f(
         "mfcc_stats",
         "Embedding space of the ratio: mfcc_stats (no weights, fast), speaker (resemblyzer d-vectors, or an "
@@ -272,13 +350,16 @@ class FilterArgs:
         "gmm_ubm (frame-level UBM with a MAP-adapted target model).",
         choices=["classifier", "gmm", "gmm_ubm"],
     )
-    classifier: str = _f("logistic", "Classifier of the `classifier` method.", choices=["logistic", "quadratic", "mlp", "gbm"])
+    classifier: str = _f(
+        "logistic", "Classifier of the `classifier` method.", choices=["logistic", "quadratic", "mlp", "gbm"]
+    )
     folds: int = _f(5, "Cross-fitting folds: each candidate is scored by a model that never saw it.")
     pca_dim: int = _f(0, "Project embeddings onto this many principal components first (0: no PCA).")
     max_components: int = _f(16, "gmm: most mixture components tried by the BIC search.")
     ubm_components: int = _f(64, "gmm_ubm: components of the universal background model.")
     relevance: float = _f(
-        16.0, "gmm_ubm: MAP relevance factor; a component moves toward the target once its soft frame count nears it (Reynolds et al. 2000)."
+        16.0,
+        "gmm_ubm: MAP relevance factor; a component moves toward the target once its soft frame count nears it (Reynolds et al. 2000).",
     )
     temperature: float = _f(1.0, "gmm_ubm: multiplies the mean frame log-likelihood ratio to give log r.")
     policy: str = _f(
@@ -291,8 +372,12 @@ class FilterArgs:
         "reject: the accepted set is the stochastic sample; weights: every candidate is kept and trains with its weight.",
         choices=["reject", "weights"],
     )
-    weight_clip: float = _f(10.0, "Largest importance weight, in units of the mean weight (bounds the variance).")
-    heldout_fraction: float = _f(0.2, "Share of target_train held out from the estimator, used only by the diagnostics.")
+    weight_clip: float = _f(
+        10.0, "Largest importance weight, in units of the mean weight (bounds the variance)."
+    )
+    heldout_fraction: float = _f(
+        0.2, "Share of target_train held out from the estimator, used only by the diagnostics."
+    )
     threads: int = _f(
         1,
         "BLAS/OpenMP threads for the estimator and diagnostics (0: the libraries' default, all cores). One thread was "
@@ -311,8 +396,12 @@ class AblationArgs:
     )
     seeds: int = _f(3, "Training seeds per arm (run.seed, run.seed+1, ...); zero_shot is decoded once.")
     split: str = _f("target_test", "Split every arm is evaluated on.")
-    base_model: str = _f("", "The checkpoint of the zero_shot arm; empty: the train section's model_name_or_path.")
-    extra_train_args: list[str] = _f([], "Extra `--key value` arguments for every training run, e.g. `--max_steps 60`.")
+    base_model: str = _f(
+        "", "The checkpoint of the zero_shot arm; empty: the train section's model_name_or_path."
+    )
+    extra_train_args: list[str] = _f(
+        [], "Extra `--key value` arguments for every training run, e.g. `--max_steps 60`."
+    )
     bootstrap_samples: int = _f(2000, "Bootstrap resamples for the CIs and paired p-values.")
 
 
@@ -388,7 +477,9 @@ def parse_args(section: str, argv: list[str] | None = None, description: str | N
     stage_parser.set_defaults(**SECTION_DEFAULTS.get(section, {}))
     stage_parser.set_defaults(**yaml_cfg.get(section, {}))
     if "-h" in rest or "--help" in rest:
-        print(f"--config FILE: a YAML file with a `run` and a `{section}` section; --key value overrides it.\n")
+        print(
+            f"--config FILE: a YAML file with a `run` and a `{section}` section; --key value overrides it.\n"
+        )
         print(run_parser.format_help())
         stage_parser.parse_args(["--help"])
     run_args, rest = run_parser.parse_known_args(rest)
@@ -406,7 +497,9 @@ def to_dict(*args) -> dict[str, Any]:
     return out
 
 
-def save_resolved(path: str | os.PathLike, section: str, run_args: RunArgs, *stage_args, extra: dict | None = None) -> None:
+def save_resolved(
+    path: str | os.PathLike, section: str, run_args: RunArgs, *stage_args, extra: dict | None = None
+) -> None:
     """Write the resolved config of one stage (``run`` + the section) as YAML, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

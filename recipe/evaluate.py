@@ -77,10 +77,14 @@ def fmt_ci(x: float, ci) -> str:
 def results_markdown(name: str, res: dict) -> str:
     lines = [f"### {name}", "", "| set | utterances | WER (95% CI) | CER (95% CI) |", "|---|---:|---:|---:|"]
     o = res["overall"]
-    lines.append(f"| all | {o['n_utterances']} | {fmt_ci(o['wer'], o['wer_ci'])} | {fmt_ci(o['cer'], o['cer_ci'])} |")
+    lines.append(
+        f"| all | {o['n_utterances']} | {fmt_ci(o['wer'], o['wer_ci'])} | {fmt_ci(o['cer'], o['cer_ci'])} |"
+    )
     for key in ("per_speaker", "per_accent"):
         for g, s in res.get(key, {}).items():
-            lines.append(f"| {key[4:]} {g or '-'} | {s['n_utterances']} | {fmt_ci(s['wer'], s['wer_ci'])} | {fmt_ci(s['cer'], s['cer_ci'])} |")
+            lines.append(
+                f"| {key[4:]} {g or '-'} | {s['n_utterances']} | {fmt_ci(s['wer'], s['wer_ci'])} | {fmt_ci(s['cer'], s['cer_ci'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -108,8 +112,18 @@ def model_fingerprint(model: str) -> str:
     path = Path(model)
     if not path.is_dir():
         return model
-    decoding = {"config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json", "vocab.json"}
-    files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name in decoding))
+    decoding = {
+        "config.json",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "vocab.json",
+    }
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name in decoding)
+    )
     return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
@@ -198,8 +212,14 @@ def evaluate(run, args) -> dict:
     o = results["overall"]
     log.info(
         "%s on %s/%s: WER %s, CER %s, %d utterances, %.1fx real time -> %s",
-        args.model, dataset, args.split, fmt_ci(o["wer"], o["wer_ci"]), fmt_ci(o["cer"], o["cer_ci"]),
-        len(records), results["x_real_time"], out_dir,
+        args.model,
+        dataset,
+        args.split,
+        fmt_ci(o["wer"], o["wer_ci"]),
+        fmt_ci(o["cer"], o["cer_ci"]),
+        len(records),
+        results["x_real_time"],
+        out_dir,
     )
     print(md)
     if paired:

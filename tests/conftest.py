@@ -16,7 +16,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tone(seconds: float, rate: int = 16_000, freq: float = 220.0, seed: int = 0, channels: int = 1) -> np.ndarray:
+def tone(
+    seconds: float, rate: int = 16_000, freq: float = 220.0, seed: int = 0, channels: int = 1
+) -> np.ndarray:
     """A voiced-looking test signal: a harmonic tone with a slow envelope and a little noise."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(round(seconds * rate))) / rate

@@ -42,7 +42,10 @@ def test_summary_means_cis_and_paired_pvalues(tmp_path):
 
 
 def test_equal_arms_are_not_significant():
-    results = {"real_only": [records(300, 0.2, s) for s in (1, 2)], REFERENCE_ARM: [records(300, 0.2, s) for s in (3, 4)]}
+    results = {
+        "real_only": [records(300, 0.2, s) for s in (1, 2)],
+        REFERENCE_ARM: [records(300, 0.2, s) for s in (3, 4)],
+    }
     c = summarize(results, n_boot=1000, seed=0)[f"{REFERENCE_ARM}_vs"]["real_only"]
     assert c["p_value"] > 0.05 and c["ci_low"] < 0 < c["ci_high"]
 

@@ -11,7 +11,10 @@ def write(tmp_path, doc):
 
 
 def test_yaml_then_cli_override(tmp_path):
-    cfg = write(tmp_path, {"run": {"output_dir": "x", "seed": 3}, "prepare": {"source": "fsdd", "test_fraction": 0.25}})
+    cfg = write(
+        tmp_path,
+        {"run": {"output_dir": "x", "seed": 3}, "prepare": {"source": "fsdd", "test_fraction": 0.25}},
+    )
     run, args = parse_args("prepare", ["--config", str(cfg), "--test_fraction", "0.4", "--seed", "7"])
     assert isinstance(run, RunArgs) and isinstance(args, PrepareArgs)
     assert (run.output_dir, run.seed) == ("x", 7)  # CLI beats YAML
@@ -71,8 +74,12 @@ def test_every_field_has_help_and_default():
 
     from recipe import config
 
-    for spec in [s for specs in config.SECTIONS.values() for s in specs if s.startswith("recipe.config:")] + ["recipe.config:RunArgs"]:
+    for spec in [s for specs in config.SECTIONS.values() for s in specs if s.startswith("recipe.config:")] + [
+        "recipe.config:RunArgs"
+    ]:
         cls = config._resolve(spec)
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
-            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name
+            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, (
+                f.name
+            )

@@ -300,7 +300,9 @@ def test_real_engines_when_installed(exp):
         pytest.skip("neither espeak-ng nor flite is installed")
     exp, corpus = exp
     overrides = ["--engines", *names, "--voices", "en-gb-scotland", "awb", "--texts_per_voice", "2"]
-    report = run_generate(exp, corpus, *overrides, "--copies_per_utterance", "0", "--perturb_synthetic_prob", "0")
+    report = run_generate(
+        exp, corpus, *overrides, "--copies_per_utterance", "0", "--perturb_synthetic_prob", "0"
+    )
     rows = load_candidates(exp).to_list()
     assert report["by_origin"] == {"synthetic": 2 * len(names)} and not report["failures"]
     for r in rows:

@@ -10,7 +10,9 @@ from recipe.metrics.normalize import get_normalizer
 def test_wer_hand_computed():
     # "the cat sat on the mat" (6 words) -> "the cat sit on mat mat now":
     # sat->sit, the->mat (2 substitutions) and "now" inserted: 3 edits, the minimum.
-    wer = load_metric("wer").compute(predictions=["the cat sit on mat mat now"], references=["the cat sat on the mat"])
+    wer = load_metric("wer").compute(
+        predictions=["the cat sit on mat mat now"], references=["the cat sat on the mat"]
+    )
     assert wer["wer"] == pytest.approx(3 / 6)
 
 
@@ -31,9 +33,13 @@ def test_insertions_can_exceed_one_and_empty_reference():
 
 def test_cer_hand_computed():
     # "kitten" -> "sitting": k->s, e->i, +g = 3 edits over 6 characters.
-    assert load_metric("cer").compute(predictions=["sitting"], references=["kitten"])["cer"] == pytest.approx(3 / 6)
+    assert load_metric("cer").compute(predictions=["sitting"], references=["kitten"])["cer"] == pytest.approx(
+        3 / 6
+    )
     # spaces are characters: "ab cd" vs "abcd" is one deletion over 5.
-    assert load_metric("cer").compute(predictions=["abcd"], references=["ab cd"])["cer"] == pytest.approx(1 / 5)
+    assert load_metric("cer").compute(predictions=["abcd"], references=["ab cd"])["cer"] == pytest.approx(
+        1 / 5
+    )
 
 
 def test_english_normalizer():

@@ -75,13 +75,20 @@ def env() -> dict:
 def run(config: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(REPO / "run_finetune.sh"), "--config", str(config), "--stop_stage", "5", *extra],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=900,
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
 def final(exp: Path) -> tuple[dict, list[str]]:
     res = json.loads((exp / "eval" / "train-target_test" / "results.json").read_text())
-    hyps = [json.loads(line)["hyp"] for line in (exp / "eval" / "train-target_test" / "hyps.jsonl").read_text().splitlines()]
+    hyps = [
+        json.loads(line)["hyp"]
+        for line in (exp / "eval" / "train-target_test" / "hyps.jsonl").read_text().splitlines()
+    ]
     return res["overall"], hyps
 
 
@@ -101,7 +108,10 @@ def test_full_run_prints_results_and_leaves_markers(reference):
         assert (exp / ".stages" / f"{n}.done").is_file()
     assert "WER" in out.stderr and "paired bootstrap" in out.stderr
     paired = json.loads((exp / "eval" / "train-target_test" / "paired.json").read_text())
-    assert paired["n_utterances"] == json.loads((exp / "data" / "report.json").read_text())["kept"]["target_test"]
+    assert (
+        paired["n_utterances"]
+        == json.loads((exp / "data" / "report.json").read_text())["kept"]["target_test"]
+    )
     assert (exp / "train" / "README.md").is_file() and list((exp / "filter" / "figures").glob("*.png"))
 
 
@@ -111,7 +121,10 @@ def test_rerun_skips_and_a_changed_config_redoes_from_that_stage(reference):
     before = {n: (exp / ".stages" / f"{n}.done").read_text() for n in range(1, 6)}
     out = run(cfg)
     assert out.returncode == 0
-    assert all(f"stage {n} {name}: done, skipped" in out.stderr for n, name in [(1, "prepare"), (2, "generate"), (4, "train")])
+    assert all(
+        f"stage {n} {name}: done, skipped" in out.stderr
+        for n, name in [(1, "prepare"), (2, "generate"), (4, "train")]
+    )
     out = run(cfg, "train.max_steps=6")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "stage 1 prepare: done, skipped" in out.stderr and "stage 3 filter: done, skipped" in out.stderr
@@ -138,7 +151,11 @@ def test_sigkill_during_a_stage_then_rerun_gives_the_same_results(setup, referen
     shutil.rmtree(exp, ignore_errors=True)
     proc = subprocess.Popen(
         [str(REPO / "run_finetune.sh"), "--config", str(cfg), "--stop_stage", "5"],
-        cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 600
     while not started(exp) and proc.poll() is None and time.time() < deadline:

@@ -63,7 +63,9 @@ def messy_source(tmp_path):
 
 
 def test_bad_inputs_are_skipped_counted_and_named(tmp_path, messy_source):
-    run, args, report = run_prepare(tmp_path, "--source", "csv", "--path", str(messy_source), "--split_by", "utterance")
+    run, args, report = run_prepare(
+        tmp_path, "--source", "csv", "--path", str(messy_source), "--split_by", "utterance"
+    )
     assert report["dropped"] == {
         "missing_file": 1,
         "corrupt_audio": 1,
@@ -104,7 +106,17 @@ def test_on_error_raise_names_file_and_fix(tmp_path, messy_source, row_audio, te
 
 
 def test_audio_is_mono_16k_with_true_duration(tmp_path, messy_source):
-    run_prepare(tmp_path, "--source", "csv", "--path", str(messy_source), "--split_by", "utterance", "--test_fraction", "0.5")
+    run_prepare(
+        tmp_path,
+        "--source",
+        "csv",
+        "--path",
+        str(messy_source),
+        "--split_by",
+        "utterance",
+        "--test_fraction",
+        "0.5",
+    )
     dd = schema.load_split(tmp_path / "exp" / "data", "target_train")
     rows = {}
     for split in ("target_train", "target_test"):
@@ -132,12 +144,18 @@ def test_audiofolder_and_jsonl(tmp_path):
     d = tmp_path / "af"
     for i in range(4):
         write_wav(d / f"clip{i}.wav", tone(0.5, 16_000, seed=i))
-    (d / "metadata.csv").write_text("file_name,text,speaker\n" + "".join(f"clip{i}.wav,word {i},s{i % 2}\n" for i in range(4)))
+    (d / "metadata.csv").write_text(
+        "file_name,text,speaker\n" + "".join(f"clip{i}.wav,word {i},s{i % 2}\n" for i in range(4))
+    )
     _, _, rep = run_prepare(tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "speaker")
     assert rep["kept"] == {"target_train": 2, "target_test": 2}
     assert set(rep["speakers"]["target_train"]).isdisjoint(rep["speakers"]["target_test"])
     j = d / "m.jsonl"
-    j.write_text("".join(json.dumps({"audio": f"clip{i}.wav", "text": f"w {i}", "speaker": "s"}) + "\n" for i in range(4)))
+    j.write_text(
+        "".join(
+            json.dumps({"audio": f"clip{i}.wav", "text": f"w {i}", "speaker": "s"}) + "\n" for i in range(4)
+        )
+    )
     _, _, rep = run_prepare(tmp_path, "--source", "jsonl", "--path", str(j), "--split_by", "utterance")
     assert sum(rep["kept"].values()) == 4
 
@@ -146,23 +164,49 @@ def fsdd_layout(root, speakers=("alice", "bob"), per_digit=2):
     for s_i, spk in enumerate(speakers):
         for digit in range(10):
             for k in range(per_digit):
-                write_wav(root / "recordings" / f"{digit}_{spk}_{k}.wav", tone(0.4, 8_000, 150 + 20 * digit + s_i, seed=k), 8_000)
-    (root / "metadata.py").write_text("metadata = {'alice': {'accent': 'USA/neutral'}, 'bob': {'accent': 'DEU/German'}}\n")
+                write_wav(
+                    root / "recordings" / f"{digit}_{spk}_{k}.wav",
+                    tone(0.4, 8_000, 150 + 20 * digit + s_i, seed=k),
+                    8_000,
+                )
+    (root / "metadata.py").write_text(
+        "metadata = {'alice': {'accent': 'USA/neutral'}, 'bob': {'accent': 'DEU/German'}}\n"
+    )
     return root
 
 
 def test_fsdd_target_speaker_source_split_and_leakage_guard(tmp_path):
     root = fsdd_layout(tmp_path / "fsdd")
     _, _, rep = run_prepare(
-        tmp_path, "--source", "fsdd", "--path", str(root), "--target_speakers", "bob", "--split_by", "utterance",
-        "--test_fraction", "0.5",
+        tmp_path,
+        "--source",
+        "fsdd",
+        "--path",
+        str(root),
+        "--target_speakers",
+        "bob",
+        "--split_by",
+        "utterance",
+        "--test_fraction",
+        "0.5",
     )
     assert rep["kept"] == {"target_train": 10, "target_test": 10, "source": 20}
     assert rep["speakers"]["source"] == ["alice"]
     out = tmp_path / "exp" / "data"
     train = schema.load_split(out, "target_train")
     assert set(train["speaker"]) == {"bob"} and set(train["accent"]) == {"DEU/German"}
-    assert set(train["text"]) <= {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    assert set(train["text"]) <= {
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+    }
     guard = LeakageGuard.from_dataset_dir(out)
     for text in schema.load_split(out, "target_test")["text"]:
         assert guard.is_protected(text) and guard.is_protected(text.upper() + "!")
@@ -176,14 +220,30 @@ def test_split_by_text_never_shares_a_sentence(tmp_path):
         write_wav(d / f"c{i}.wav", tone(0.3, 16_000, seed=i))
         lines.append(f"c{i}.wav,Sentence number {i % 10}.,s\n")  # every text recorded 3 times
     (d / "metadata.csv").write_text("file_name,text,speaker\n" + "".join(lines))
-    _, _, rep = run_prepare(tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "text", "--test_fraction", "0.3")
+    _, _, rep = run_prepare(
+        tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "text", "--test_fraction", "0.3"
+    )
     out = tmp_path / "exp" / "data"
     train, test = (set(schema.load_split(out, s)["text"]) for s in ("target_train", "target_test"))
     assert train.isdisjoint(test) and len(test) == 3 and rep["kept"]["target_test"] == 9
     # same seed, same split; another seed, another split
-    _, _, again = run_prepare(tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "text", "--test_fraction", "0.3")
+    _, _, again = run_prepare(
+        tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "text", "--test_fraction", "0.3"
+    )
     assert set(schema.load_split(out, "target_test")["text"]) == test
-    run_prepare(tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "text", "--test_fraction", "0.3", "--seed", "5")
+    run_prepare(
+        tmp_path,
+        "--source",
+        "audiofolder",
+        "--path",
+        str(d),
+        "--split_by",
+        "text",
+        "--test_fraction",
+        "0.3",
+        "--seed",
+        "5",
+    )
     assert set(schema.load_split(out, "target_test")["text"]) != test
 
 
@@ -195,21 +255,53 @@ def test_dev_split_is_held_out_by_text_and_protected(tmp_path):
         lines.append(f"c{i}.wav,Sentence number {i % 20}.,s\n")  # every text recorded twice
     (d / "metadata.csv").write_text("file_name,text,speaker\n" + "".join(lines))
     _, _, rep = run_prepare(
-        tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "text", "--test_fraction", "0.5", "--dev_utterances", "5"
+        tmp_path,
+        "--source",
+        "audiofolder",
+        "--path",
+        str(d),
+        "--split_by",
+        "text",
+        "--test_fraction",
+        "0.5",
+        "--dev_utterances",
+        "5",
     )
     out = tmp_path / "exp" / "data"
-    train, dev, test = (set(schema.load_split(out, s)["text"]) for s in ("target_train", "target_dev", "target_test"))
+    train, dev, test = (
+        set(schema.load_split(out, s)["text"]) for s in ("target_train", "target_dev", "target_test")
+    )
     assert train.isdisjoint(dev) and train.isdisjoint(test) and dev.isdisjoint(test)
     # whole texts move: 3 texts (6 utterances) to reach at least 5
     assert len(dev) == 3 and rep["kept"] == {"target_train": 20, "target_dev": 6, "target_test": 14}
     assert rep["protected_texts"] == 10
     with pytest.raises(ValueError, match="dev_utterances"):
-        run_prepare(tmp_path, "--source", "audiofolder", "--path", str(d), "--test_fraction", "0.5", "--dev_utterances", "50")
+        run_prepare(
+            tmp_path,
+            "--source",
+            "audiofolder",
+            "--path",
+            str(d),
+            "--test_fraction",
+            "0.5",
+            "--dev_utterances",
+            "50",
+        )
 
 
 def test_caps_are_counted(tmp_path):
     root = fsdd_layout(tmp_path / "fsdd", speakers=("bob",))
-    _, _, rep = run_prepare(tmp_path, "--source", "fsdd", "--path", str(root), "--split_by", "utterance", "--max_train_utterances", "4")
+    _, _, rep = run_prepare(
+        tmp_path,
+        "--source",
+        "fsdd",
+        "--path",
+        str(root),
+        "--split_by",
+        "utterance",
+        "--max_train_utterances",
+        "4",
+    )
     assert rep["kept"]["target_train"] == 4 and rep["dropped"]["over_max_train_utterances"] == 6
 
 
@@ -222,21 +314,38 @@ def test_asterisk_listing_drops_tones():
     assert all(u.text and not any(c in u.text for c in "[(<*#") for u in speech)
     by_id = {u.id: u for u in listing}
     # descriptions in any bracket style are not speech: silence and beeps are skipped
-    assert by_id["asterisk-silence-1"].skip_reason == by_id["asterisk-confbridge-leave"].skip_reason == "no_speech"
+    assert (
+        by_id["asterisk-silence-1"].skip_reason
+        == by_id["asterisk-confbridge-leave"].skip_reason
+        == "no_speech"
+    )
     assert by_id["asterisk-spy-iax2"].text == "IAX"
     # the keypad symbols are spoken as words
     assert "separated by star and then" in by_id["asterisk-demo-enterkeywords"].text
 
 
 def test_asterisk_spoken_text():
-    assert _spoken_text("Press # to enter a new [=] name (simple tone sound plays)") == "Press pound to enter a new name"
+    assert (
+        _spoken_text("Press # to enter a new [=] name (simple tone sound plays)")
+        == "Press pound to enter a new name"
+    )
     assert _spoken_text("<beep ascending>") == ""
     assert _spoken_text("C# stays") == "C# stays"
 
 
 def test_target_accents(tmp_path):
     root = fsdd_layout(tmp_path / "fsdd")
-    _, _, rep = run_prepare(tmp_path, "--source", "fsdd", "--path", str(root), "--target_accents", "USA/neutral", "--split_by", "utterance")
+    _, _, rep = run_prepare(
+        tmp_path,
+        "--source",
+        "fsdd",
+        "--path",
+        str(root),
+        "--target_accents",
+        "USA/neutral",
+        "--split_by",
+        "utterance",
+    )
     assert rep["speakers"]["target_train"] == ["alice"] and rep["speakers"]["source"] == ["bob"]
     with pytest.raises(ValueError, match="Klingon"):
         run_prepare(tmp_path, "--source", "fsdd", "--path", str(root), "--target_accents", "Klingon")

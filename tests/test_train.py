@@ -171,7 +171,9 @@ def test_whisper_loss_decreases_with_packing(tmp_path, assets):
     report = json.loads((out / "train_report.json").read_text())
     ex = report["examples"]
     # 3 of the 12 draws stay alone; the other 9 share windows
-    assert ex["packing"] and ex["unpacked_utterances"] == 3 and ex["windows"] < 3 + 9 and ex["utterances"] == 12
+    assert (
+        ex["packing"] and ex["unpacked_utterances"] == 3 and ex["windows"] < 3 + 9 and ex["utterances"] == 12
+    )
     assert report["composition"]["real"]["utterances"] == 12
     for ckpt in ("checkpoint-5", "checkpoint-10"):
         assert (out / ckpt / "config.yaml").is_file() and (out / ckpt / "processor_config.json").is_file()

@@ -119,7 +119,9 @@ def variant_names(listing: list[ListedVoice]) -> list[str]:
 @functools.cache
 def _listing(executable: str, which: str) -> tuple[ListedVoice, ...]:
     """``espeak-ng --voices=<which>``, parsed; cached because every engine instance asks."""
-    return tuple(parse_listing(listing_output([executable, f"--voices={which}"], "espeak-ng voice listing", INSTALL)))
+    return tuple(
+        parse_listing(listing_output([executable, f"--voices={which}"], "espeak-ng voice listing", INSTALL))
+    )
 
 
 class EspeakEngine(Engine):

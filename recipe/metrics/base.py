@@ -24,7 +24,9 @@ class ErrorRateMetric(evaluate.Metric):
             description=f"{self.key.upper()}: corpus-level {self.unit} error rate computed with jiwer.",
             citation="",
             inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
         )
 
     def _compute(self, predictions, references, return_counts=False):

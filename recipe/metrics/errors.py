@@ -68,7 +68,9 @@ def error_counts(references: list[str], hypotheses: list[str], unit: str = "word
         out = process([references[i] for i in nonempty], [hypotheses[i] for i in nonempty])
         for i, chunks in zip(nonempty, out.alignments, strict=True):
             for c in chunks:
-                span = c.ref_end_idx - c.ref_start_idx if c.type != "insert" else c.hyp_end_idx - c.hyp_start_idx
+                span = (
+                    c.ref_end_idx - c.ref_start_idx if c.type != "insert" else c.hyp_end_idx - c.hyp_start_idx
+                )
                 counts[c.type][i] += span
     return ErrorCounts(counts["substitute"], counts["delete"], counts["insert"], counts["equal"])
 
@@ -118,7 +120,9 @@ def paired_bootstrap(
         "ci_low": float(lo),
         "ci_high": float(hi),
         "p_improvement": better,
-        "p_value": float(min(1.0, 2 * min(better + 0.5 * np.mean(deltas == 0), worse + 0.5 * np.mean(deltas == 0)))),
+        "p_value": float(
+            min(1.0, 2 * min(better + 0.5 * np.mean(deltas == 0), worse + 0.5 * np.mean(deltas == 0)))
+        ),
         "n_utterances": n,
         "n_boot": n_boot,
     }
