@@ -232,6 +232,13 @@ class TrainArgs:
         0.0, "Share of training draws from candidates (see mix_real); 0 with another share set: none."
     )
     mix_source: float = _f(0.0, "Share of training draws from the source split (see mix_real).")
+    normalize_labels: bool = _f(
+        False,
+        "Train on transcripts passed through the scoring normalizer (English: Whisper's; lower case, no "
+        "punctuation, numbers as digits). For corpora whose transcript style is inconsistent (the Asterisk "
+        "prompts spell numbers out in lower case in some files and write cased sentences in others), which "
+        "the model would otherwise learn; its hypotheses then come out in the normalized style.",
+    )
     language: str = _f(
         "en", "Language of the transcripts: sets language/task in a multilingual Whisper's generation config."
     )

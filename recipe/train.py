@@ -76,6 +76,25 @@ def _canonical(ds, where: str):
     return ds
 
 
+def normalized_transcripts(rows, language: str, where: str):
+    """``rows`` with every transcript in the scoring normalizer's style (see ``normalize_labels``)."""
+    from recipe.metrics.normalize import get_normalizer
+
+    normalize = get_normalizer(language)
+    old = rows["text"]
+    new = [normalize(t) for t in old]
+    changed = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
+    if changed:
+        logger.info(
+            "normalize_labels: %s: %d of %d transcripts rewritten, e.g. %r -> %r",
+            where,
+            len(changed),
+            len(old),
+            *changed[0],
+        )
+    return rows.remove_columns("text").add_column("text", new).select_columns(TRAIN_COLUMNS)
+
+
 def select_candidates(scored, mode: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the scored candidates for an ablation arm, and their sampling mass.
 
@@ -371,6 +390,8 @@ def train(run: RunArgs, targs, training_args, argv: list[str]) -> dict:
 
     # 2. the training mix
     parts = load_parts(run, targs, rng)
+    if targs.normalize_labels:
+        parts = [Part(p.name, normalized_transcripts(p.rows, targs.language, p.name), p.mass) for p in parts]
     logger.info("training mix: %s", ", ".join(f"{p.name} {len(p.rows)}" for p in parts))
 
     # 3. the model

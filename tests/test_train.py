@@ -14,7 +14,15 @@ import yaml
 from tiny_asr import ESPEAK, PHRASES, canonical_rows, tiny_wav2vec2, tiny_whisper, write_prepared
 
 from recipe.config import ConfigError
-from recipe.train import main, mix_weights, select_candidates, use_packing, weighted_sampler
+from recipe.train import (
+    TRAIN_COLUMNS,
+    main,
+    mix_weights,
+    normalized_transcripts,
+    select_candidates,
+    use_packing,
+    weighted_sampler,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 VOICES = ["en-us", "en-gb"]
@@ -136,6 +144,25 @@ def test_random_arm_is_size_matched_and_seeded():
     assert np.array_equal(idx, again)
     idx, mass = select_candidates(Scored(scored), "weighted", np.random.default_rng(0))
     assert len(idx) == 8 and mass.sum() == 8
+
+
+def test_normalized_transcripts_keep_rows_and_schema():
+    from datasets import Dataset
+
+    rows = Dataset.from_dict(
+        {
+            "id": ["a", "b"],
+            "audio": [b"RIFF", b"RIFF"],
+            "text": ["Ninety.", "Press two to call this number, please..."],
+            "duration": [0.8, 2.0],
+            "origin": ["real", "real"],
+            "generator": ["{}", "{}"],
+        }
+    )
+    out = normalized_transcripts(rows, "en", "real")
+    # spelled-out numbers become digits, as Whisper writes them; case and punctuation go
+    assert list(out["text"]) == ["90", "press 2 to call this number please"]
+    assert out.column_names == TRAIN_COLUMNS and list(out["id"]) == ["a", "b"] and list(out["audio"]) == list(rows["audio"])
 
 
 def test_packing_needs_a_fixed_window():
