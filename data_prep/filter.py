@@ -53,12 +53,8 @@ MAX_POINTS_PER_GROUP = 2_000
 def group_keys(row: dict) -> dict[str, list[str]]:
     """The groups a candidate belongs to, for per-generator counts and figures."""
     gen = json.loads(row["generator"] or "{}")
-    if row["origin"] == "perturbed":
-        generator = f"perturbed:{gen.get('source_split', '')}"
-        voice = generator
-    else:
-        generator = gen.get("engine", "") or row["origin"]
-        voice = row["speaker"]
+    generator = schema.generator_label(row["origin"], gen)
+    voice = generator if row["origin"] == "perturbed" else row["speaker"]
     ops = [op["op"] for op in gen.get("ops", [])] or ["none"]
     return {"generator": [generator], "voice": [voice], "perturbation": ops}
 

@@ -105,6 +105,13 @@ def make_row(
     }
 
 
+def generator_label(origin: str, generator: dict) -> str:
+    """What made a row, for counts and figures: the TTS engine, or `perturbed:<split it came from>`."""
+    if origin == "perturbed":
+        return f"perturbed:{generator.get('source_split', '')}"
+    return generator.get("engine", "") or origin
+
+
 def without_audio_decoding(ds):
     """The same dataset with audio left as WAV bytes; we decode with soundfile (fast, no ffmpeg)."""
     from datasets import Audio

@@ -356,9 +356,9 @@ def composition(parts: list[Part], kept: dict[str, np.ndarray]) -> dict:
         entry = {"utterances": len(rows), "hours": round(float(np.sum(rows["duration"])) / 3600, 4)}
         if p.name == "candidates":
             engines = Counter()
-            for g in rows["generator"]:
+            for origin, g in zip(rows["origin"], rows["generator"], strict=True):
                 try:
-                    engines[json.loads(g or "{}").get("engine", "unknown")] += 1
+                    engines[schema.generator_label(origin, json.loads(g or "{}"))] += 1
                 except json.JSONDecodeError:
                     engines["unknown"] += 1
             entry["by_generator"] = dict(sorted(engines.items()))
