@@ -29,7 +29,7 @@ import numpy as np
 
 from data_prep import schema
 from recipe.evaluate import read_hyps
-from recipe.metrics.errors import bootstrap_ci, error_counts, paired_bootstrap
+from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def to_markdown(summary: dict) -> str:
     for arm, s in summary["arms"].items():
         c = comps.get(arm)
         delta = f"{100 * c['delta']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]" if c else "-"
-        p = f"{c['p_value']:.3f}" if c else "-"
+        p = format_p(c["p_value"], c["n_boot"]) if c else "-"
         lines.append(
             f"| {arm} | {100 * s['wer_mean']:.2f}% | [{100 * s['wer_ci'][0]:.2f}, {100 * s['wer_ci'][1]:.2f}] | "
             f"{100 * s['wer_std_over_seeds']:.2f} | {s['n_seeds']} | {delta} | {p} |"

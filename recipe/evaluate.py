@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data_prep import schema
-from recipe.metrics.errors import bootstrap_ci, error_counts, paired_bootstrap
+from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
 from recipe.metrics.normalize import get_normalizer
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,17 @@ def results_markdown(name: str, res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _p_text(p: dict) -> str:
+    text = format_p(p["p_value"], p["n_boot"])
+    return text if text.startswith("<") else f"= {text}"
+
+
 def paired_markdown(name_a: str, name_b: str, p: dict) -> str:
     return (
         f"| system | WER |\n|---|---:|\n| {name_a} | {100 * p['rate_a']:.2f}% |\n| {name_b} | {100 * p['rate_b']:.2f}% |\n\n"
         f"WER delta ({name_b} - {name_a}): {100 * p['delta']:+.2f} points, paired bootstrap 95% CI "
         f"[{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}], P(improvement) = {p['p_improvement']:.3f}, "
-        f"p = {p['p_value']:.3f} ({p['n_utterances']} utterances, {p['n_boot']} resamples)\n"
+        f"p {_p_text(p)} ({p['n_utterances']} utterances, {p['n_boot']} resamples)\n"
     )
 
 

@@ -117,3 +117,9 @@ def test_model_fingerprint_ignores_the_card_but_not_the_weights(tmp_path):
     os.utime(tmp_path / "model.safetensors", ns=(1, 1))
     assert model_fingerprint(str(tmp_path)) != before
     assert model_fingerprint("openai/whisper-tiny") == "openai/whisper-tiny"
+
+
+def test_a_bootstrap_p_below_its_resolution_is_a_bound():
+    from recipe.metrics.errors import format_p
+
+    assert format_p(0.0, 2000) == "< 0.001" and format_p(0.049, 2000) == "0.049"

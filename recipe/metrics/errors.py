@@ -126,3 +126,9 @@ def paired_bootstrap(
         "n_utterances": n,
         "n_boot": n_boot,
     }
+
+
+def format_p(p_value: float, n_boot: int) -> str:
+    """A bootstrap p-value as text: below its resolution (2 / n_boot, two-sided) it is a bound, not 0."""
+    floor = 2 / n_boot
+    return f"< {floor:.2g}" if p_value < floor else f"{p_value:.3f}"
