@@ -162,7 +162,11 @@ def test_normalized_transcripts_keep_rows_and_schema():
     out = normalized_transcripts(rows, "en", "real")
     # spelled-out numbers become digits, as Whisper writes them; case and punctuation go
     assert list(out["text"]) == ["90", "press 2 to call this number please"]
-    assert out.column_names == TRAIN_COLUMNS and list(out["id"]) == ["a", "b"] and list(out["audio"]) == list(rows["audio"])
+    assert (
+        out.column_names == TRAIN_COLUMNS
+        and list(out["id"]) == ["a", "b"]
+        and list(out["audio"]) == list(rows["audio"])
+    )
 
 
 def test_packing_needs_a_fixed_window():
