@@ -213,13 +213,18 @@ def test_fsdd_target_speaker_source_split_and_leakage_guard(tmp_path):
     assert not guard.is_protected("a sentence nobody holds out")
 
 
-def test_split_by_text_never_shares_a_sentence(tmp_path):
-    d = tmp_path / "af"
+def repeated_texts_folder(d, n_clips: int, n_texts: int):
+    """An audiofolder of one speaker where each of ``n_texts`` sentences is recorded several times."""
     lines = []
-    for i in range(30):
+    for i in range(n_clips):
         write_wav(d / f"c{i}.wav", tone(0.3, 16_000, seed=i))
-        lines.append(f"c{i}.wav,Sentence number {i % 10}.,s\n")  # every text recorded 3 times
+        lines.append(f"c{i}.wav,Sentence number {i % n_texts}.,s\n")
     (d / "metadata.csv").write_text("file_name,text,speaker\n" + "".join(lines))
+    return d
+
+
+def test_split_by_text_never_shares_a_sentence(tmp_path):
+    d = repeated_texts_folder(tmp_path / "af", 30, 10)  # every text recorded 3 times
     _, _, rep = run_prepare(
         tmp_path, "--source", "audiofolder", "--path", str(d), "--split_by", "text", "--test_fraction", "0.3"
     )
@@ -248,12 +253,7 @@ def test_split_by_text_never_shares_a_sentence(tmp_path):
 
 
 def test_dev_split_is_held_out_by_text_and_protected(tmp_path):
-    d = tmp_path / "af"
-    lines = []
-    for i in range(40):
-        write_wav(d / f"c{i}.wav", tone(0.3, 16_000, seed=i))
-        lines.append(f"c{i}.wav,Sentence number {i % 20}.,s\n")  # every text recorded twice
-    (d / "metadata.csv").write_text("file_name,text,speaker\n" + "".join(lines))
+    d = repeated_texts_folder(tmp_path / "af", 40, 20)  # every text recorded twice
     _, _, rep = run_prepare(
         tmp_path,
         "--source",
