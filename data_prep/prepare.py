@@ -140,19 +140,24 @@ def group_key(split_by: str):
     }[split_by]
 
 
+def seeded_groups(rows: list[dict], key, seed: int) -> list:
+    """The distinct groups of ``rows`` in a seeded random order (sorted first, so the order does not
+    depend on the listing's)."""
+    groups = sorted({key(r) for r in rows})
+    return [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+
+
 def split_target(
     rows: list[dict], split_by: str, test_fraction: float, seed: int
 ) -> tuple[list[dict], list[dict]]:
     """Hold out whole groups (texts, speakers or utterances) so nothing of target_test is seen in
     training: with `text`, every copy of a sentence lands on the same side."""
     key = group_key(split_by)
-    groups = sorted({key(r) for r in rows})
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(groups))
+    groups = seeded_groups(rows, key, seed)
     n_test = int(round(test_fraction * len(groups)))
     if 0 < test_fraction < 1 and len(groups) > 1:
         n_test = min(max(n_test, 1), len(groups) - 1)  # both splits non-empty when possible
-    test_groups = {groups[i] for i in order[:n_test]}
+    test_groups = set(groups[:n_test])
     train = [r for r in rows if key(r) not in test_groups]
     test = [r for r in rows if key(r) in test_groups]
     return train, test
@@ -164,15 +169,14 @@ def take_groups(rows: list[dict], split_by: str, n: int, seed: int) -> tuple[lis
     if n <= 0:
         return [], rows
     key = group_key(split_by)
-    groups = sorted({key(r) for r in rows})
     chosen: set = set()
     size = Counter(key(r) for r in rows)
     taken = 0
-    for i in np.random.default_rng(seed).permutation(len(groups)):
+    for g in seeded_groups(rows, key, seed):
         if taken >= n:
             break
-        chosen.add(groups[i])
-        taken += size[groups[i]]
+        chosen.add(g)
+        taken += size[g]
     return [r for r in rows if key(r) in chosen], [r for r in rows if key(r) not in chosen]
 
 
