@@ -94,8 +94,10 @@ run_py() {  # run_py MODULE SECTION [extra args]: one process
   "$PY" -m "$module" "${args[@]}" "$@"
 }
 
-exp_dir=${output_dir:-$("$PY" -c "import sys; from recipe.config import load_yaml; print(load_yaml(sys.argv[1]).get('run', {}).get('output_dir', 'exp/demo'))" "$config")}
-markers=$exp_dir/.stages
+# Output paths come from core/paths.py, the one place the stages spell them.
+exp_path() { "$PY" -m core.paths --config "$config" ${output_dir:+--output_dir "$output_dir"} "$1"; }
+exp_dir=$(exp_path root)
+markers=$(exp_path stages)
 mkdir -p "$markers"
 # The hash chain: a stage's hash covers the config, the overrides and the previous stage's hash,
 # so redoing one stage invalidates every stage after it.
@@ -152,18 +154,19 @@ prev_hash=$h
 
 h=$(stage_hash evaluate)
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+  zero_shot=$(exp_path eval:zero_shot)
+  fine_tuned=$(exp_path final_eval:target_test)
   if is_done 5 "$h"; then log "stage 5 evaluate: done, skipped"; else
     log "stage 5: evaluate zero-shot and fine-tuned on target_test"
-    run_py recipe.evaluate evaluate --eval_name zero_shot
+    run_py recipe.evaluate evaluate --eval_name "$(basename "$zero_shot")"
     # The train stage already decoded target_test with the final model: same files, so reused here.
-    run_py recipe.evaluate evaluate --eval_name train-target_test --model "$exp_dir/train" \
-      --compare_to "$exp_dir/eval/zero_shot/hyps.jsonl"
+    run_py recipe.evaluate evaluate --eval_name "$(basename "$fine_tuned")" --model "$(exp_path train)" \
+      --compare_to "$zero_shot/hyps.jsonl"
     mark_done 5 "$h"
   fi
   log "results:"
-  cat "$exp_dir/eval/zero_shot/results.md" "$exp_dir/eval/train-target_test/results.md" \
-    "$exp_dir/eval/train-target_test/paired.md" >&2
-  log "filter figures: $exp_dir/filter/figures/  model card: $exp_dir/train/README.md"
+  cat "$zero_shot/results.md" "$fine_tuned/results.md" "$fine_tuned/paired.md" >&2
+  log "filter figures: $(exp_path filter)/figures/  model card: $(exp_path train)/README.md"
 fi
 prev_hash=$h
 

@@ -27,8 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_prep import schema  # noqa: E402
-from recipe.config import PrepareArgs, RunArgs, TrainArgs  # noqa: E402
+from core import schema  # noqa: E402
+from core.config import RunArgs  # noqa: E402
+from data_prep.prepare_args import PrepareArgs  # noqa: E402
+from recipe.train_args import TrainArgs  # noqa: E402
 
 
 def file_sizes(*dirs: Path) -> dict[Path, int]:

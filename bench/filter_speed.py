@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_prep.ratio import estimate  # noqa: E402
+from data_prep.filter.ratio import estimate  # noqa: E402
 
 CLASSIFIER_TARGET_S = 15.0  # from the issue, for 1M x 64-d on 2 cores
 GMM_TARGET_S = 60.0

@@ -4,7 +4,7 @@
 
 Perturbations run on a 10 s clip (real LibriSpeech speech from ../shared/data when present, else
 a synthetic harmonic tone) with one torch thread, next to the torchaudio call one would write
-without this module (the baseline). TTS engines are called through ``data_prep.tts`` on short
+without this module (the baseline). TTS engines are called through ``data_prep.candidates.tts`` on short
 sentences, process start included; engines that are not installed are skipped. Targets (issue
 3): every perturbation >= 200x real time per core, espeak-ng and flite >= 50x.
 """
@@ -25,8 +25,8 @@ import torch
 import torchaudio.functional as AF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_prep import perturb as P  # noqa: E402
-from data_prep.schema import SAMPLE_RATE  # noqa: E402
+from core.schema import SAMPLE_RATE  # noqa: E402
+from data_prep.candidates import perturb as P  # noqa: E402
 
 SHARED = Path(os.environ.get("ASR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PERTURB_TARGET = 200.0
@@ -157,8 +157,8 @@ def bench_perturbations(seconds: float, repeats: int) -> list[dict]:
 
 
 def bench_tts(repeats: int) -> list[dict]:
-    """Each installed engine through data_prep.tts, process start included (its measure_speed)."""
-    from data_prep import tts
+    """Each installed engine through data_prep.candidates.tts, process start included (its measure_speed)."""
+    from data_prep.candidates import tts
 
     rows = []
     for name in tts.ENGINES:

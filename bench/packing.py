@@ -26,7 +26,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipe.config import EvaluateArgs, PrepareArgs, RunArgs  # noqa: E402
+from core.config import RunArgs  # noqa: E402
+from data_prep.prepare_args import PrepareArgs  # noqa: E402
+from recipe.evaluate_args import EvaluateArgs  # noqa: E402
 
 
 def prepare_data(out: Path, n_train: int, n_test: int, seed: int) -> None:

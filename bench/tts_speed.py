@@ -2,7 +2,7 @@
 
     python bench/tts_speed.py [--texts 20] [--voices 8] [--engines espeak-ng flite ...] [--hf-model ID] [--json out.json]
 
-"per call" is what the generate stage gets from ``data_prep.tts``: one engine process per
+"per call" is what the generate stage gets from ``data_prep.candidates.tts``: one engine process per
 utterance (start, synthesis, WAV through a pipe, parsing). "engine alone" speaks the same texts
 in one call, so the process is started once: the engine's own speed, the ceiling for per call.
 Both are measured on wall time and on CPU time (this process plus the engine processes); on a
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_prep import tts  # noqa: E402
+from data_prep.candidates import tts  # noqa: E402
 
 TARGET = 50.0
 TARGET_ENGINES = ("espeak-ng", "flite")

@@ -26,7 +26,8 @@ import torch
 import torchaudio.functional as AF
 from tqdm.auto import tqdm
 
-from data_prep import schema
+from core import files, schema
+from core.paths import ExperimentPaths
 from data_prep.leakage import LeakageGuard, normalize_text
 from data_prep.sources import RawUtterance, read_source
 
@@ -192,7 +193,7 @@ def prepare(run, args) -> dict:
     from datasets import Dataset, DatasetDict
 
     t0 = time.time()
-    out_dir = Path(run.output_dir) / "data"
+    out_dir = ExperimentPaths.of(run.output_dir).data
     rows: list[dict] = []
     dropped: Counter = Counter()
     examples: dict[str, list[str]] = {}
@@ -287,12 +288,12 @@ def prepare(run, args) -> dict:
         "protected_texts": len(guard),
         "seconds": round(time.time() - t0, 2),
     }
-    from recipe.config import save_resolved
+    from core.config import save_resolved
 
-    with schema.atomic_dir(out_dir) as tmp:
+    with files.atomic_dir(out_dir) as tmp:
         dd.save_to_disk(str(tmp))
         guard.save(tmp / "protected_texts.json")
-        schema.write_json(report, tmp / "report.json")
+        files.write_json(report, tmp / "report.json")
         save_resolved(tmp / "config.yaml", "prepare", run, args)
     kept = ", ".join(f"{k} {len(v)} ({report['hours'][k] * 60:.1f} min)" for k, v in splits.items())
     total_drop = sum(dropped.values())
@@ -301,7 +302,7 @@ def prepare(run, args) -> dict:
 
 
 def main(argv=None):
-    from recipe.config import parse_args
+    from core.config import parse_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run, args = parse_args("prepare", argv, description=__doc__)

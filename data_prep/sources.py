@@ -227,7 +227,7 @@ def read_hub(name: str, config: str, split: str, columns: dict[str, str]) -> Ite
 
 
 def read_source(args) -> Iterator[RawUtterance]:
-    """Dispatch on ``args.source`` (a `recipe.config.PrepareArgs`)."""
+    """Dispatch on ``args.source`` (a `data_prep.prepare_args.PrepareArgs`)."""
     columns = {
         "audio": args.audio_column,
         "text": args.text_column,

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep import schema
+from core import files, paths
+from core.paths import ExperimentPaths
 from recipe.evaluate import read_hyps
 from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
 
@@ -49,22 +50,24 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def run_arm(arm: str, seed: int, cfg: str | None, exp: Path, args) -> Path:
+def run_arm(arm: str, seed: int, cfg: str | None, exp: ExperimentPaths, args) -> Path:
     """Train (unless zero-shot) and decode the test split for one arm and seed; returns its hyps.jsonl.
 
     A trained arm's hyps come from the train stage's own final evaluation of the saved model.
     """
-    out = exp / "ablation" / arm.replace("+", "_") / ("base" if arm == "zero_shot" else f"seed{seed}")
-    hyps = out / "eval" / ("zero_shot" if arm == "zero_shot" else f"train-{args.split}") / "hyps.jsonl"
+    out = exp.ablation / arm.replace("+", "_") / ("base" if arm == "zero_shot" else f"seed{seed}")
+    arm_paths = ExperimentPaths.of(out)
+    eval_dir = arm_paths.eval(paths.ZERO_SHOT_EVAL) if arm == "zero_shot" else arm_paths.final_eval(args.split)
+    hyps = eval_dir / "hyps.jsonl"
     if hyps.is_file():
         log.info("%s seed %d: done, reusing %s", arm, seed, hyps)
         return hyps
     common = [*(["--config", cfg] if cfg else []), "--output_dir", str(out), "--seed", str(seed)]
     if arm == "zero_shot":
-        cmd = ["recipe.evaluate", "--model", args.base_model, "--eval_name", "zero_shot"]
-        cmd += ["--dataset", str(exp / "data"), "--split", args.split]
+        cmd = ["recipe.evaluate", "--model", args.base_model, "--eval_name", paths.ZERO_SHOT_EVAL]
+        cmd += ["--dataset", str(exp.data), "--split", args.split]
     else:
-        cmd = ["recipe.train", "--data_dir", str(exp / "data"), "--filter_dir", str(exp / "filter")]
+        cmd = ["recipe.train", "--data_dir", str(exp.data), "--filter_dir", str(exp.filter)]
         cmd += [
             "--use_candidates",
             ARM_CANDIDATES[arm],
@@ -167,15 +170,16 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def ablation(run, args, cfg: str | None) -> dict:
-    exp = Path(run.output_dir)
-    scored = exp / "filter" / "scored"
+    exp = ExperimentPaths.of(run.output_dir)
+    scored = exp.filter / paths.SCORED
     if any(a != "zero_shot" and a != "real_only" for a in args.arms) and not scored.exists():
         raise FileNotFoundError(f"{scored} not found: run the prepare, generate and filter stages first")
     unknown = set(args.arms) - set(ARMS)
     if unknown:
         raise ValueError(f"unknown arm(s) {sorted(unknown)}; arms: {list(ARMS)}")
     if not args.base_model:
-        from recipe.config import TrainArgs, load_yaml
+        from core.config import load_yaml
+        from recipe.train_args import TrainArgs
 
         train_cfg = load_yaml(cfg).get("train", {}) if cfg else {}
         args.base_model = train_cfg.get("model_name_or_path", TrainArgs.model_name_or_path)
@@ -186,8 +190,8 @@ def ablation(run, args, cfg: str | None) -> dict:
         results[arm] = [read_hyps(run_arm(arm, s, cfg, exp, args)) for s in arm_seeds]
     summary = summarize(results, n_boot=args.bootstrap_samples, seed=run.seed)
     summary["seeds"] = seeds
-    out = exp / "ablation"
-    schema.write_json(summary, out / "ablation.json")
+    out = exp.ablation
+    files.write_json(summary, out / "ablation.json")
     md = to_markdown(summary)
     (out / "ablation.md").write_text(md)
     plot(summary, out / "ablation.png")
@@ -199,7 +203,7 @@ def ablation(run, args, cfg: str | None) -> dict:
 def main(argv=None):
     import argparse
 
-    from recipe.config import parse_args
+    from core.config import parse_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from data_prep import schema
+from core import schema
 
 IGNORE_INDEX = -100  # positions the loss skips (transformers' convention)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_prep import schema
+from core import files, paths, schema
+from core.paths import ExperimentPaths
 from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
 from recipe.metrics.normalize import get_normalizer
 
@@ -107,10 +107,6 @@ def read_hyps(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def default_eval_name(model: str, split: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{Path(model.rstrip('/')).name}-{split}")
-
-
 def model_fingerprint(model: str) -> str:
     """Identifies the weights a decode used: a local folder by its weight and config files' sizes and
     mtimes (not the card or reports written after a decode), else the name."""
@@ -124,12 +120,12 @@ def model_fingerprint(model: str) -> str:
         "tokenizer.json",
         "vocab.json",
     }
-    files = sorted(
+    paths = sorted(
         p
         for p in path.iterdir()
         if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name in decoding)
     )
-    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths)
 
 
 def decode(asr, ds, args, name: str) -> tuple[list[dict], float]:
@@ -157,9 +153,9 @@ def decode(asr, ds, args, name: str) -> tuple[list[dict], float]:
 
 
 def evaluate(run, args) -> dict:
-    dataset = args.dataset or str(Path(run.output_dir) / "data")
-    name = args.eval_name or default_eval_name(args.model, args.split)
-    out_dir = Path(run.output_dir) / "eval" / name
+    dataset = args.dataset or str(ExperimentPaths.of(run.output_dir).data)
+    name = args.eval_name or paths.default_eval_name(args.model, args.split)
+    out_dir = ExperimentPaths.of(run.output_dir).eval(name)
     decode_key = {
         "model": args.model,
         "model_fingerprint": model_fingerprint(args.model),
@@ -170,12 +166,12 @@ def evaluate(run, args) -> dict:
         "language": args.language,
     }
     previous = out_dir / "results.json"
-    if previous.is_file() and all(schema.read_json(previous).get(k) == v for k, v in decode_key.items()):
+    if previous.is_file() and all(files.read_json(previous).get(k) == v for k, v in decode_key.items()):
         # Same weights, same utterances, same decoding: reuse the hyps (e.g. the train stage's final
         # evaluation, now compared against another system) instead of decoding again.
         log.info("reusing the decoding in %s (same model files, split and settings)", out_dir)
         records = read_hyps(out_dir / "hyps.jsonl")
-        old = schema.read_json(previous)
+        old = files.read_json(previous)
         wall, audio_seconds = old["decode_seconds"], old["audio_seconds"]
     else:
         from recipe.models import load_asr
@@ -202,16 +198,16 @@ def evaluate(run, args) -> dict:
         paired.update({"system_a": str(args.compare_to), "system_b": name})
         results["paired"] = paired
 
-    from recipe.config import save_resolved
+    from core.config import save_resolved
 
-    with schema.atomic_dir(out_dir) as tmp:
+    with files.atomic_dir(out_dir) as tmp:
         with open(tmp / "hyps.jsonl", "w") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
-        schema.write_json(results, tmp / "results.json")
+        files.write_json(results, tmp / "results.json")
         (tmp / "results.md").write_text(md)
         if paired:
-            schema.write_json(paired, tmp / "paired.json")
+            files.write_json(paired, tmp / "paired.json")
             (tmp / "paired.md").write_text(paired_markdown(Path(args.compare_to).parent.name, name, paired))
         save_resolved(tmp / "config.yaml", "evaluate", run, args)
     o = results["overall"]
@@ -233,7 +229,7 @@ def evaluate(run, args) -> dict:
 
 
 def main(argv=None):
-    from recipe.config import parse_args
+    from core.config import parse_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run, args = parse_args("evaluate", argv, description=__doc__)

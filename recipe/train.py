@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep import schema
-from recipe.config import ConfigError, RunArgs, save_resolved
+from core import files, paths, schema
+from core.config import ConfigError, RunArgs, save_resolved
+from core.paths import ExperimentPaths
 from recipe.packing import (
     WindowDataset,
     draw_order,
@@ -122,13 +123,13 @@ def select_candidates(scored, mode: str, rng: np.random.Generator) -> tuple[np.n
 
 def load_parts(run: RunArgs, targs, rng: np.random.Generator) -> list[Part]:
     """The real target split, the selected candidates and (optionally) the source split."""
-    data_dir = Path(targs.data_dir or Path(run.output_dir) / "data")
+    data_dir = Path(targs.data_dir or ExperimentPaths.of(run.output_dir).data)
     real = _canonical(schema.load_split(data_dir, targs.train_split), f"{data_dir}[{targs.train_split}]")
     parts = [Part("real", real, np.ones(len(real)))]
     if targs.use_candidates != "none":
-        filter_dir = Path(targs.filter_dir or Path(run.output_dir) / "filter")
+        filter_dir = Path(targs.filter_dir or ExperimentPaths.of(run.output_dir).filter)
         if targs.use_candidates == "accepted":
-            path = filter_dir / "accepted"
+            path = filter_dir / paths.ACCEPTED
             if not path.exists():
                 raise FileNotFoundError(
                     f"{path} does not exist: run the filter stage first, or set use_candidates: none"
@@ -136,7 +137,7 @@ def load_parts(run: RunArgs, targs, rng: np.random.Generator) -> list[Part]:
             rows = _canonical(schema.load_split(path), str(path))
             parts.append(Part("candidates", rows, np.ones(len(rows))))
         else:
-            path = filter_dir / "scored"
+            path = filter_dir / paths.SCORED
             if not path.exists():
                 raise FileNotFoundError(
                     f"{path} does not exist: run the filter stage first, or set use_candidates: none"
@@ -370,7 +371,7 @@ def composition(parts: list[Part], kept: dict[str, np.ndarray]) -> dict:
 def resolve_output(run: RunArgs, training_args) -> None:
     """The train section's output_dir/seed follow `run` unless the section sets output_dir."""
     if not training_args.output_dir:
-        training_args.output_dir = str(Path(run.output_dir) / "train")
+        training_args.output_dir = str(ExperimentPaths.of(run.output_dir).train)
     training_args.seed = run.seed
     # Without this, PEFT-wrapped models (whose forward takes **kwargs) would not be given labels at eval.
     training_args.label_names = ["labels"]
@@ -417,7 +418,7 @@ def train(run: RunArgs, targs, training_args, argv: list[str]) -> dict:
     train_ds, packing = build_train_examples(asr, pool, weights, targs, run.seed)
     eval_ds, eval_dropped = None, {}
     if targs.eval_split:
-        data_dir = Path(targs.data_dir or Path(run.output_dir) / "data")
+        data_dir = Path(targs.data_dir or ExperimentPaths.of(run.output_dir).data)
         eval_rows = _canonical(
             schema.load_split(data_dir, targs.eval_split), f"{data_dir}[{targs.eval_split}]"
         )
@@ -502,7 +503,7 @@ def train(run: RunArgs, targs, training_args, argv: list[str]) -> dict:
     # 9. final evaluation with the saved model, per utterance, with CIs
     evals = final_evaluation(run, targs, training_args, out_dir)
     report["final_eval"] = {k: v["overall"] for k, v in evals.items()}
-    schema.write_json(report, out_dir / "train_report.json")
+    files.write_json(report, out_dir / "train_report.json")
 
     # 10. the model card, then the final push
     from recipe.card import filter_summary, reproduce_command, write_card
@@ -514,7 +515,7 @@ def train(run: RunArgs, targs, training_args, argv: list[str]) -> dict:
         evals=evals,
         report=report,
         filter_report=filter_summary(
-            Path(targs.filter_dir or Path(run.output_dir) / "filter") / "filter_report.json"
+            Path(targs.filter_dir or ExperimentPaths.of(run.output_dir).filter) / paths.FILTER_REPORT
         ),
         train_args=targs,
         training_args=training_args,
@@ -528,16 +529,16 @@ def train(run: RunArgs, targs, training_args, argv: list[str]) -> dict:
 
 def final_evaluation(run: RunArgs, targs, training_args, out_dir: Path) -> dict[str, dict]:
     """recipe.evaluate on each of ``final_eval_splits`` with the saved model."""
-    from recipe.config import EvaluateArgs
     from recipe.evaluate import evaluate
+    from recipe.evaluate_args import EvaluateArgs
 
     results = {}
     for split in targs.final_eval_splits:
         args = EvaluateArgs(
             model=str(out_dir),
-            dataset=targs.data_dir or str(Path(run.output_dir) / "data"),
+            dataset=targs.data_dir or str(ExperimentPaths.of(run.output_dir).data),
             split=split,
-            eval_name=f"{out_dir.name}-{split}",
+            eval_name=paths.final_eval_name(out_dir, split),
             batch_size=training_args.per_device_eval_batch_size,
             language=targs.language,
             bootstrap_samples=targs.bootstrap_samples,
@@ -568,7 +569,7 @@ def push_final(trainer, out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     from transformers.utils import logging as hf_logging
 
-    from recipe.config import parse_args
+    from core.config import parse_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
     run, targs, training_args = parse_args("train", argv, description=__doc__)

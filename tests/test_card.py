@@ -1,7 +1,7 @@
 import json
 
 from recipe.card import filter_summary, hub_base_model, render_card, reproduce_command, write_card
-from recipe.config import TrainArgs
+from recipe.train_args import TrainArgs
 
 
 def test_reproduce_command_masks_tokens():

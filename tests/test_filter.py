@@ -12,13 +12,14 @@ import torch
 import torchaudio.functional as AF
 from conftest import tone
 
-from data_prep import schema, tts
-from data_prep.diagnostics import split_target
-from data_prep.embed import MfccStats
-from data_prep.filter import make_embedder, run_filter
-from data_prep.perturb import load_recipe, perturb
-from data_prep.sample import rejection_sample
-from recipe.config import parse_args
+from core import files, schema
+from core.config import parse_args
+from data_prep.candidates import tts
+from data_prep.candidates.perturb import load_recipe, perturb
+from data_prep.filter.diagnostics import split_target
+from data_prep.filter.embed import MfccStats
+from data_prep.filter.sample import rejection_sample
+from data_prep.filter.stage import make_embedder, run_filter
 
 SCORED_COLUMNS = ("log_ratio", "accept_prob", "accepted", "fold", "weight")
 FIGURES = ("ratio_distribution.png", "per_generator.png", "per_voice.png", "per_perturbation.png")
@@ -145,7 +146,7 @@ def test_outputs(tones_exp):
     assert accepted["id"] == [i for i, a in zip(cols["id"], cols["accepted"], strict=True) if a]
     assert accepted.features == schema.features() and len(accepted[0]["audio"].get_all_samples().data[0]) > 0
 
-    assert report == schema.read_json(out / "filter_report.json")
+    assert report == files.read_json(out / "filter_report.json")
     assert report["n_accepted"] == len(accepted) and report["acceptance_rate"] == pytest.approx(
         len(accepted) / 90
     )

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import tone
 
-from data_prep import schema
-from data_prep.generate import generate, rank_and_world, shard_name
+from core import files, schema
+from core.config import parse_args
+from data_prep.candidates.generate import generate, rank_and_world, shard_name
+from data_prep.candidates.tts import SynthesisError
 from data_prep.leakage import LeakageGuard, normalize_text
-from data_prep.tts import SynthesisError
-from recipe.config import parse_args
 
 TEST_TEXTS = ["please hold the line", "your call is important"]
 TRAIN_TEXTS = ["welcome to the demo", "press one for sales", "press two for support", "goodbye"]
@@ -238,7 +238,7 @@ def test_processes_take_their_own_shards_and_the_last_one_merges(exp, monkeypatc
     report = run_generate(exp, corpus, "--num_shards", "4")
     assert report is not None and (exp / "candidates" / "dataset").is_dir()
     assert report["jobs"] == sum(
-        schema.read_json(shards / shard_name(i, 4) / "shard.json")["jobs"] for i in range(4)
+        files.read_json(shards / shard_name(i, 4) / "shard.json")["jobs"] for i in range(4)
     )
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.delenv("RANK")
@@ -293,7 +293,7 @@ def test_empty_shards_are_merged_and_no_candidates_is_an_error(exp):
 
 
 def test_real_engines_when_installed(exp):
-    from data_prep import tts
+    from data_prep.candidates import tts
 
     names = [n for n in ("espeak-ng", "flite") if tts.get_engine(n).available()]
     if not names:

@@ -8,8 +8,8 @@ import torch
 from tiny_asr import needs_espeak, speak, tiny_wav2vec2, tiny_whisper
 
 from recipe.collators import IGNORE_INDEX, CTCCollator, WhisperCollator, ctc_text, whisper_label_ids
-from recipe.config import TrainArgs
 from recipe.models import CTCASR, build_ctc_vocab, ctc_processor_for, load_asr, load_for_training
+from recipe.train_args import TrainArgs
 
 
 @pytest.fixture(scope="module")

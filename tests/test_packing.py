@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from data_prep import schema
+from core import schema
 from recipe.packing import (
     WindowDataset,
     concat_audio,

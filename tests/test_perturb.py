@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import tone, write_wav
 
-from data_prep import perturb as P
+from data_prep.candidates import perturb as P
 
 SR = 16_000
 

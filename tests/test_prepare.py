@@ -8,11 +8,11 @@ import pytest
 import soundfile as sf
 from conftest import tone, write_wav
 
-from data_prep import schema
+from core import schema
+from core.config import parse_args
 from data_prep.leakage import LeakageGuard
 from data_prep.prepare import BadInput, prepare
 from data_prep.sources import ASTERISK_SOUNDS, _spoken_text, read_asterisk
-from recipe.config import parse_args
 
 
 def run_prepare(tmp_path, *overrides):

@@ -14,8 +14,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import KNeighborsClassifier
 
-from data_prep.diagnostics import energy_distance
-from data_prep.ratio import (
+from data_prep.filter.diagnostics import energy_distance
+from data_prep.filter.ratio import (
     RatioResult,
     cross_fit_log_ratio,
     estimate,
@@ -23,7 +23,7 @@ from data_prep.ratio import (
     fold_ids,
     map_adapt_means,
 )
-from data_prep.sample import rejection_sample
+from data_prep.filter.sample import rejection_sample
 
 MU, COV = np.array([1.0, 0.5]), np.diag([0.5, 1.0])  # target p
 Q_SCALE = 2.0  # proposal q = N(0, 2^2 I): wider than p in every direction, so r is bounded
@@ -138,7 +138,7 @@ def test_calibrated_mlp_recovers_the_ratio():
 def test_warns_when_the_sets_barely_overlap(caplog):
     rng = np.random.default_rng(17)
     target, candidates = rng.normal(6.0, 1.0, (300, 2)), rng.normal(0.0, 1.0, (3_000, 2))
-    with caplog.at_level(logging.WARNING, logger="data_prep.ratio"):
+    with caplog.at_level(logging.WARNING, logger="data_prep.filter.ratio"):
         result = estimate(target, candidates, "classifier", seed=0)
     assert result.auc > 0.95
     assert "barely overlap" in result.details["warning"]
@@ -148,7 +148,7 @@ def test_warns_when_the_sets_barely_overlap(caplog):
 def test_no_warning_when_the_sets_overlap(caplog):
     rng = np.random.default_rng(18)
     target, candidates = rng.normal(0.5, 1.0, (300, 2)), rng.normal(0.0, 1.0, (3_000, 2))
-    with caplog.at_level(logging.WARNING, logger="data_prep.ratio"):
+    with caplog.at_level(logging.WARNING, logger="data_prep.filter.ratio"):
         result = estimate(target, candidates, "classifier", seed=0)
     assert result.auc < 0.8 and "warning" not in result.details
     assert not caplog.records
@@ -197,7 +197,7 @@ def test_gmm_small_target_in_high_dimension_still_gets_a_density(caplog):
     (with a warning) rather than refused."""
     rng = np.random.default_rng(23)
     target, candidates = rng.normal(0.5, 1, (100, 32)), rng.normal(0, 1, (3_000, 32))
-    with caplog.at_level(logging.WARNING, logger="data_prep.ratio"):
+    with caplog.at_level(logging.WARNING, logger="data_prep.filter.ratio"):
         result = estimate(target, candidates, "gmm", seed=0)
     assert (result.details["target_gmm"]["components"], result.details["target_gmm"]["covariance"]) == (
         1,

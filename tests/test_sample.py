@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from data_prep.diagnostics import effective_sample_size
-from data_prep.sample import (
+from data_prep.filter.diagnostics import effective_sample_size
+from data_prep.filter.sample import (
     accept_probabilities,
     importance_weights,
     parse_policy,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from tiny_asr import ESPEAK, PHRASES, canonical_rows, tiny_wav2vec2, tiny_whisper, write_prepared
 
-from recipe.config import ConfigError
+from core.config import ConfigError
 from recipe.train import (
     TRAIN_COLUMNS,
     main,

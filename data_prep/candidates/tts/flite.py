@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.tts.base import DEFAULT_TIMEOUT, Engine, decode_wav, excerpt, listing_output, run_engine
+from data_prep.candidates.tts.base import (
+    DEFAULT_TIMEOUT,
+    Engine,
+    decode_wav,
+    excerpt,
+    listing_output,
+    run_engine,
+)
 
 log = logging.getLogger(__name__)
 

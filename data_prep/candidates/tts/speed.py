@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
-from data_prep.tts.base import Engine, SynthesisError
+from data_prep.candidates.tts.base import Engine, SynthesisError
 
 log = logging.getLogger(__name__)
 

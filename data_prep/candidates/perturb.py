@@ -49,7 +49,7 @@ import torch
 import torchaudio.functional as AF
 import yaml
 
-from data_prep.schema import SAMPLE_RATE
+from core.schema import SAMPLE_RATE
 
 # A rational p/q with q <= 100 approximates any factor to 5e-5 relative, and keeps torchaudio's
 # polyphase resampler small (its cost grows with q): speed runs at thousands x real time, while

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.checkpoint.errors import CheckpointError
+from core.checkpoint.errors import CheckpointError
 
 # CTranslate2's binary format (model_spec.py): dtype ids in the order of its DataType enum.
 CT2_BINARY_VERSIONS = (5, 6)

@@ -1,18 +1,15 @@
-"""The canonical utterance schema shared by every stage, and the small I/O helpers around it.
+"""The canonical utterance schema every stage reads and writes, and the audio codec around it.
 
-Every dataset the recipe writes has one row per utterance with the columns in ``COLUMNS``
-(see DESIGN.md). Audio is stored as 16 kHz mono 16-bit WAV bytes inside the dataset, so a
-saved dataset is self-contained and stages can be rerun from it alone.
+Every dataset the recipe writes has one row per utterance with the columns in ``COLUMNS``.
+Audio is stored as 16 kHz mono 16-bit WAV bytes inside the dataset, so a saved dataset is
+self-contained and stages can be rerun from it alone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,14 @@ import soundfile as sf
 SAMPLE_RATE = 16_000
 ORIGINS = ("real", "perturbed", "synthetic")
 COLUMNS = ("id", "audio", "text", "speaker", "accent", "origin", "parent_id", "generator", "duration")
-# Columns the filter stage adds to scored candidates.
-FILTER_COLUMNS = ("log_ratio", "accept_prob", "accepted", "fold")
+# Columns the filter stage adds to every scored candidate, with their `datasets` dtypes.
+FILTER_COLUMNS = {
+    "log_ratio": "float64",  # estimated log p_target(x) - log q_candidates(x)
+    "accept_prob": "float64",  # min(1, r / M)
+    "accepted": "bool",  # the seeded draw u < accept_prob
+    "fold": "int32",  # cross-fitting fold whose model scored the row
+    "weight": "float64",  # importance weight (mode: weights), clipped
+}
 
 
 def features():
@@ -136,42 +139,3 @@ def load_split(path: str | os.PathLike, split: str | None = None):
             raise KeyError(f"{path} has no split {split!r}; it has {list(ds)}")
         ds = ds[split]
     return ds
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike):
-    """Yield a temporary sibling folder that replaces ``path`` only if the block finishes:
-    a killed or failed run never leaves a half-written output."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_save(ds, path: str | os.PathLike) -> None:
-    """``save_to_disk`` through `atomic_dir`."""
-    with atomic_dir(path) as tmp:
-        ds.save_to_disk(str(tmp))
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)

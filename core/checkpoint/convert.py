@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.checkpoint.ct2 import Ct2Model, read_ctranslate2_model
-from data_prep.checkpoint.errors import CheckpointError
+from core.checkpoint.ct2 import Ct2Model, read_ctranslate2_model
+from core.checkpoint.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.tts.base import DEFAULT_TIMEOUT, Engine, EngineUnavailable, SynthesisError, excerpt
+from data_prep.candidates.tts.base import DEFAULT_TIMEOUT, Engine, EngineUnavailable, SynthesisError, excerpt
 
 log = logging.getLogger(__name__)
 

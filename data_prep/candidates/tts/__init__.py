@@ -1,6 +1,6 @@
 """TTS backends behind one interface, for the generate stage's synthetic candidates.
 
-    from data_prep import tts
+    from data_prep.candidates import tts
     engine = tts.get_engine("espeak-ng", timeout=30)
     if engine.available():
         samples, rate = engine.synthesize("Please hold the line.", "en-gb-scotland+f3", seed=7)
@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import importlib
 
-from data_prep.tts.base import SILENCE_PEAK, Engine, EngineUnavailable, SynthesisError
-from data_prep.tts.speed import SpeedReport, measure_speed
+from data_prep.candidates.tts.base import SILENCE_PEAK, Engine, EngineUnavailable, SynthesisError
+from data_prep.candidates.tts.speed import SpeedReport, measure_speed
 
 # Engine name -> "module:class", imported on first use (hf pulls in torch and transformers).
 _REGISTRY = {
-    "espeak-ng": "data_prep.tts.espeak:EspeakEngine",
-    "flite": "data_prep.tts.flite:FliteEngine",
-    "festival": "data_prep.tts.festival:FestivalEngine",
-    "piper": "data_prep.tts.piper:PiperEngine",
-    "hf": "data_prep.tts.hf:HFEngine",
+    "espeak-ng": "data_prep.candidates.tts.espeak:EspeakEngine",
+    "flite": "data_prep.candidates.tts.flite:FliteEngine",
+    "festival": "data_prep.candidates.tts.festival:FestivalEngine",
+    "piper": "data_prep.candidates.tts.piper:PiperEngine",
+    "hf": "data_prep.candidates.tts.hf:HFEngine",
 }
 ENGINES = tuple(_REGISTRY)
 

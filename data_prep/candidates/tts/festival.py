@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.tts.base import (
+from data_prep.candidates.tts.base import (
     DEFAULT_TIMEOUT,
     Engine,
     SynthesisError,

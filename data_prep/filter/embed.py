@@ -20,15 +20,12 @@ name, options and model files; the dataset's ids are stored beside the matrix an
 from __future__ import annotations
 
 import abc
-import concurrent.futures
 import hashlib
 import inspect
 import json
 import logging
 import math
-import multiprocessing
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -39,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data_prep import schema
+from core import files, pool, schema
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +130,8 @@ def _files_signature(path: str) -> dict[str, Any]:
     folder = Path(path)
     if not folder.is_dir():
         return {"hub_id": path}
-    files = sorted(p for p in folder.iterdir() if p.suffix in {".json", ".safetensors", ".bin", ".pt"})
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}
+    paths = sorted(p for p in folder.iterdir() if p.suffix in {".json", ".safetensors", ".bin", ".pt"})
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in paths}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -752,40 +749,18 @@ def _cache_paths(ds, embedder: Embedder, cache_dir: str | os.PathLike) -> tuple[
     return folder, folder / ds._fingerprint
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append .npy to the temporary name
-        np.save(f, array)
-
-
-def _save_npz(path: str, **arrays: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
 def _cached_ids_match(stem: Path, ids: list[str]) -> bool:
     ids_file = stem.with_name(stem.name + ".ids.json")
     if not ids_file.exists():
         return False
-    if schema.read_json(ids_file) != ids:
+    if files.read_json(ids_file) != ids:
         log.warning("stale cache %s: its ids differ from the dataset's; recomputing", ids_file)
         return False
     return True
 
 
 def _store(stem: Path, folder: Path, embedder: Embedder, ids: list[str]) -> None:
-    schema.write_json(
+    files.write_json(
         {
             "name": embedder.name,
             "options": embedder.options,
@@ -794,7 +769,7 @@ def _store(stem: Path, folder: Path, embedder: Embedder, ids: list[str]) -> None
         },
         folder / "embedder.json",
     )
-    schema.write_json(ids, stem.with_name(stem.name + ".ids.json"))
+    files.write_json(ids, stem.with_name(stem.name + ".ids.json"))
 
 
 def _batches(ds, batch_size: int):
@@ -818,11 +793,11 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(name: str, init_options: dict, ds, batch_size: int, frames: bool) -> None:
-    torch.set_num_threads(1)  # one core per worker: num_proc workers share the machine
     _WORKER.update(embedder=get_embedder(name, **init_options), ds=ds, batch_size=batch_size, frames=frames)
 
 
-def _worker_run(start: int, stop: int) -> tuple[list, Counter]:
+def _worker_run(span: tuple[int, int]) -> tuple[list, Counter]:
+    start, stop = span
     w = _WORKER
     w["embedder"].counters.clear()
     shard = w["ds"].select(range(start, stop))
@@ -836,8 +811,7 @@ def _compute(ds, embedder: Embedder, batch_size: int, num_proc: int, frames: boo
     desc = f"{'frames' if frames else 'embed'} {embedder.name}"
     if num_proc <= 1 or len(ds) <= batch_size:
         return _run(ds, embedder, batch_size, frames, desc)
-    # CPU embedders scale with processes (each single-threaded); spawn, not fork, because forking a
-    # process whose torch thread pools already started can deadlock. Tasks are a few batches each so
+    # CPU embedders scale with processes, each single-threaded. Tasks are a few batches each so
     # the progress bar moves and the workers stay balanced.
     step = batch_size * 4
     ranges = [(s, min(s + step, len(ds))) for s in range(0, len(ds), step)]
@@ -845,22 +819,19 @@ def _compute(ds, embedder: Embedder, batch_size: int, num_proc: int, frames: boo
     if "device" in init_options:
         init_options["device"] = "cpu"
     results: dict[int, list] = {}
-    ctx = multiprocessing.get_context("spawn")
-    with (
-        concurrent.futures.ProcessPoolExecutor(
-            num_proc,
-            mp_context=ctx,
-            initializer=_worker_init,
-            initargs=(embedder.name, init_options, ds, batch_size, frames),
-        ) as pool,
-        tqdm(total=len(ds), desc=f"{desc} x{num_proc}", unit="utt") as bar,
-    ):
-        futures = {pool.submit(_worker_run, *r): r for r in ranges}
-        for future in concurrent.futures.as_completed(futures):
-            start, stop = futures[future]
-            results[start], counters = future.result()
-            embedder.counters.update(counters)
-            bar.update(stop - start)
+    done = pool.imap_unordered(
+        _worker_run,
+        ranges,
+        num_proc,
+        initializer=_worker_init,
+        initargs=(embedder.name, init_options, ds, batch_size, frames),
+        sizes=[stop - start for start, stop in ranges],
+        desc=desc,
+        unit="utt",
+    )
+    for i, (items, counters) in done:
+        results[ranges[i][0]] = items
+        embedder.counters.update(counters)
     return [item for start, _ in ranges for item in results[start]]
 
 
@@ -906,7 +877,7 @@ def embed_dataset(
     emb = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, embedder.dim), np.float32)
     _log_done("embedded", ds, embedder, time.perf_counter() - t0)
     if cache_dir is not None:
-        _write_atomic(npy, lambda tmp: _save_npy(tmp, emb))
+        files.save_npy(npy, emb)
         _store(stem, folder, embedder, ids)
     return emb
 
@@ -943,6 +914,6 @@ def frame_features_dataset(
             else np.zeros((0, embedder.frame_dim), np.float32)
         )
         lengths = np.array([len(f) for f in frames], dtype=np.int64)
-        _write_atomic(npz, lambda tmp: _save_npz(tmp, data=data, lengths=lengths))
+        files.save_npz(npz, data=data, lengths=lengths)
         _store(stem, folder, embedder, ids)
     return [np.asarray(f, np.float32) for f in frames]

