@@ -81,7 +81,9 @@ def sections() -> dict[str, Section]:
         )
     for name, section in found.items():
         if not isinstance(section, Section) or section.name != name:
-            raise ConfigError(f"entry point {name!r} of {ENTRY_POINT_GROUP!r} must name a Section called {name!r}")
+            raise ConfigError(
+                f"entry point {name!r} of {ENTRY_POINT_GROUP!r} must name a Section called {name!r}"
+            )
     return dict(sorted(found.items()))
 
 
@@ -140,9 +142,7 @@ def parse_args(name: str, argv: list[str] | None = None, description: str | None
     stage_parser.set_defaults(**sec.defaults)
     stage_parser.set_defaults(**yaml_cfg.get(name, {}))
     if "-h" in rest or "--help" in rest:
-        print(
-            f"--config FILE: a YAML file with a `run` and a `{name}` section; --key value overrides it.\n"
-        )
+        print(f"--config FILE: a YAML file with a `run` and a `{name}` section; --key value overrides it.\n")
         print(run_parser.format_help())
         stage_parser.parse_args(["--help"])
     run_args, rest = run_parser.parse_known_args(rest)

@@ -72,6 +72,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def save_npy(path: str | os.PathLike, array) -> None:
     """``np.save`` through :func:`atomic_file` (a file object: np.save would append .npy to a name)."""
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)
@@ -81,6 +82,7 @@ def save_npy(path: str | os.PathLike, array) -> None:
 
 def save_npz(path: str | os.PathLike, **arrays) -> None:
     """``np.savez`` through :func:`atomic_file`."""
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)

@@ -57,7 +57,9 @@ def run_arm(arm: str, seed: int, cfg: str | None, exp: ExperimentPaths, args) ->
     """
     out = exp.ablation / arm.replace("+", "_") / ("base" if arm == "zero_shot" else f"seed{seed}")
     arm_paths = ExperimentPaths.of(out)
-    eval_dir = arm_paths.eval(paths.ZERO_SHOT_EVAL) if arm == "zero_shot" else arm_paths.final_eval(args.split)
+    eval_dir = (
+        arm_paths.eval(paths.ZERO_SHOT_EVAL) if arm == "zero_shot" else arm_paths.final_eval(args.split)
+    )
     hyps = eval_dir / "hyps.jsonl"
     if hyps.is_file():
         log.info("%s seed %d: done, reusing %s", arm, seed, hyps)

@@ -75,7 +75,12 @@ def test_every_field_has_help_and_default():
 
     from core import config
 
-    ours = [t for sec in config.sections().values() for t in sec.types if not t.__module__.startswith("transformers")]
+    ours = [
+        t
+        for sec in config.sections().values()
+        for t in sec.types
+        if not t.__module__.startswith("transformers")
+    ]
     assert len(ours) >= 6
     for cls in [*ours, RunArgs]:
         for f in dataclasses.fields(cls):

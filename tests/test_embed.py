@@ -15,7 +15,8 @@ import torch
 from conftest import tone
 from tiny_asr import needs_espeak, speak, tiny_wav2vec2, tiny_whisper
 
-from data_prep import embed, schema
+from core import schema
+from data_prep.filter import embed
 from data_prep.filter.embed import (
     Packed,
     embed_dataset,

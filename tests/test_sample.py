@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from core.seeding import stream_rng
 from data_prep.filter.diagnostics import effective_sample_size
 from data_prep.filter.sample import (
     accept_probabilities,
     importance_weights,
     parse_policy,
     rejection_sample,
-    stream_rng,
 )
 
 N_PROPOSALS = 20_000

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from core import files, paths, pool, schema
 from core.paths import ExperimentPaths
+from core.seeding import derive_seed
 from data_prep.candidates import tts
 from data_prep.candidates.perturb import Recipe, load_recipe, perturb
 from data_prep.leakage import LeakageGuard, normalize_text
@@ -64,12 +65,6 @@ SHARD_SIZE = 500
 # Bumped when the content of a candidate for the same job changes, so old shards are redone.
 FORMAT_VERSION = 1
 SHARD_MARKER = "shard.json"
-
-
-def stable_seed(*parts: Any) -> int:
-    """A seed from named parts, the same on every machine and Python run (``hash`` is salted)."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF  # 31 bits: fits every engine's CLI
 
 
 def _slug(s: str) -> str:
@@ -203,7 +198,7 @@ def plan_jobs(run, args, data_dir: Path) -> tuple[list[Job], dict[str, Any]]:
                     Job(
                         id=cid,
                         kind="perturb",
-                        seed=stable_seed(run.seed, cid),
+                        seed=derive_seed(run.seed, cid),
                         text=text,
                         split=split,
                         row=row,
@@ -228,17 +223,17 @@ def plan_jobs(run, args, data_dir: Path) -> tuple[list[Job], dict[str, Any]]:
             plan["engines"][name] = {"available": False, "voices": []}
             continue
         voices = select_voices(
-            engine.voices(), args.voices, args.max_voices_per_engine, stable_seed(run.seed, "voices", name)
+            engine.voices(), args.voices, args.max_voices_per_engine, derive_seed(run.seed, "voices", name)
         )
         plan["engines"][name] = {"available": True, "voices": voices}
         for voice in voices:
-            rng = np.random.default_rng(stable_seed(run.seed, "texts", name, voice))
+            rng = np.random.default_rng(derive_seed(run.seed, "texts", name, voice))
             n = len(texts) if not args.texts_per_voice else min(args.texts_per_voice, len(texts))
             for i in sorted(rng.choice(len(texts), size=n, replace=False).tolist()):
                 text = texts[i]
                 cid = f"tts-{_slug(name)}-{_slug(voice)}-{hashlib.sha1(normalize_text(text).encode()).hexdigest()[:12]}"
-                seed = stable_seed(run.seed, cid)
-                coin = np.random.default_rng(stable_seed(seed, "perturb?")).random()
+                seed = derive_seed(run.seed, cid)
+                coin = np.random.default_rng(derive_seed(seed, "perturb?")).random()
                 use_recipe = bool(coin < args.perturb_synthetic_prob)
                 tts_jobs.append(
                     Job(
@@ -246,7 +241,7 @@ def plan_jobs(run, args, data_dir: Path) -> tuple[list[Job], dict[str, Any]]:
                     )
                 )
     if args.max_synthetic and len(tts_jobs) > args.max_synthetic:
-        rng = np.random.default_rng(stable_seed(run.seed, "max_synthetic"))
+        rng = np.random.default_rng(derive_seed(run.seed, "max_synthetic"))
         keep = set(rng.choice(len(tts_jobs), size=args.max_synthetic, replace=False).tolist())
         plan["synthetic_over_cap"] = len(tts_jobs) - len(keep)
         tts_jobs = [j for i, j in enumerate(tts_jobs) if i in keep]
@@ -360,7 +355,7 @@ class _ShardWorker:
 
     def _perturb(self, wav: torch.Tensor, job: Job) -> tuple[torch.Tensor, dict[str, Any]]:
         t0 = time.perf_counter()
-        out, record = perturb(wav, self.recipe, stable_seed(job.seed, "perturb"))
+        out, record = perturb(wav, self.recipe, derive_seed(job.seed, "perturb"))
         self.stats["perturb_seconds"] += time.perf_counter() - t0
         self.stats["perturb_audio_seconds"] += out.numel() / schema.SAMPLE_RATE
         for op in record["ops"]:
@@ -378,7 +373,7 @@ class _ShardWorker:
 
     def _synthetic(self, job: Job) -> tuple[torch.Tensor, dict, dict] | None:
         engine = get_engine(job.engine, self.task.engine_timeout, self.task.hf_model)
-        engine_seed = stable_seed(job.seed, "tts")
+        engine_seed = derive_seed(job.seed, "tts")
         t0 = time.perf_counter()
         try:
             samples, rate = engine.synthesize(job.text, job.voice, engine_seed)

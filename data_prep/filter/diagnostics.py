@@ -19,8 +19,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
+from core.seeding import stream_rng
 from data_prep.filter.ratio import as_matrix, make_classifier, subsample
-from data_prep.filter.sample import stream_rng
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 from tqdm.auto import tqdm
 
-from data_prep.filter.sample import stream_rng
+from core.seeding import stream_rng
 
 logger = logging.getLogger(__name__)
 

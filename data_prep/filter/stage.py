@@ -27,10 +27,11 @@ from threadpoolctl import threadpool_limits
 
 from core import files, paths, schema
 from core.paths import ExperimentPaths
+from core.seeding import stream_rng
 from data_prep.filter.diagnostics import effective_sample_size, filter_diagnostics, split_target
 from data_prep.filter.embed import embed_dataset, frame_features_dataset, get_embedder
 from data_prep.filter.ratio import AUC_WARN, estimate
-from data_prep.filter.sample import accept_probabilities, importance_weights, rejection_sample, stream_rng
+from data_prep.filter.sample import accept_probabilities, importance_weights, rejection_sample
 
 log = logging.getLogger(__name__)
 
