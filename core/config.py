@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import HfArgumentParser
 
-from core import files
+from core import files, paths
 
 ENTRY_POINT_GROUP = "asr_recipe.sections"
 
@@ -47,7 +48,9 @@ def arg(default, help: str, **kw):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class RunArgs:
-    output_dir: str = arg("exp/demo", "Experiment folder; every stage writes a subfolder of it.")
+    output_dir: str = arg(
+        paths.DEFAULT_OUTPUT_DIR, "Experiment folder; every stage writes a subfolder of it."
+    )
     seed: int = arg(0, "Seed for every random choice in every stage (splits, generators, filter, training).")
 
 
@@ -125,10 +128,6 @@ def parse_args(name: str, argv: list[str] | None = None, description: str | None
 
     Returns ``(run_args, *section_dataclasses)``.
     """
-    # Imported here, not at the top: every args module imports this one for `arg` and `Section`,
-    # and transformers takes seconds to import.
-    from transformers import HfArgumentParser
-
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)

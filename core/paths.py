@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import RunArgs, load_yaml
+import yaml
 
+DEFAULT_OUTPUT_DIR = "exp/demo"
 ZERO_SHOT_EVAL = "zero_shot"
 
 
@@ -125,9 +126,10 @@ def main(argv: list[str] | None = None) -> None:
         "name", help="root, data, candidates, filter, train, ablation, stages, eval:NAME, final_eval:SPLIT"
     )
     args = parser.parse_args(argv)
-    cfg = load_yaml(args.config) if args.config else {}
-    root = args.output_dir or cfg.get("run", {}).get("output_dir", RunArgs.output_dir)
-    print(_lookup(ExperimentPaths.of(root, cfg.get("train", {}).get("output_dir")), args.name))
+    # Plain YAML, not core.config: the stages validate the file; this answers the shell in a blink.
+    cfg = (yaml.safe_load(Path(args.config).read_text()) or {}) if args.config else {}
+    root = args.output_dir or (cfg.get("run") or {}).get("output_dir") or DEFAULT_OUTPUT_DIR
+    print(_lookup(ExperimentPaths.of(root, (cfg.get("train") or {}).get("output_dir")), args.name))
 
 
 if __name__ == "__main__":

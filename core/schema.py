@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from datasets import Audio, DatasetDict, Features, Value, load_from_disk
 
 SAMPLE_RATE = 16_000
 ORIGINS = ("real", "perturbed", "synthetic")
@@ -30,9 +31,7 @@ FILTER_COLUMNS = {
 
 
 def features():
-    """`datasets.Features` of the canonical schema (imported lazily: datasets is slow to import)."""
-    from datasets import Audio, Features, Value
-
+    """`datasets.Features` of the canonical schema."""
     return Features(
         {
             "id": Value("string"),
@@ -117,15 +116,11 @@ def generator_label(origin: str, generator: dict) -> str:
 
 def without_audio_decoding(ds):
     """The same dataset with audio left as WAV bytes; we decode with soundfile (fast, no ffmpeg)."""
-    from datasets import Audio
-
     return ds.cast_column("audio", Audio(sampling_rate=SAMPLE_RATE, decode=False))
 
 
 def load_split(path: str | os.PathLike, split: str | None = None):
     """Load a dataset written by a stage; ``split`` picks one from a saved DatasetDict."""
-    from datasets import DatasetDict, load_from_disk
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(

@@ -24,9 +24,12 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+from datasets import Dataset, DatasetDict
+from torchcodec.decoders import AudioDecoder
 from tqdm.auto import tqdm
 
 from core import files, schema
+from core.config import parse_args, save_resolved
 from core.paths import ExperimentPaths
 from data_prep.leakage import LeakageGuard, normalize_text
 from data_prep.sources import RawUtterance, read_source
@@ -68,8 +71,6 @@ def decode_file(path: str | None, data: bytes | None) -> tuple[np.ndarray, int]:
         )
         return samples.T, rate
     except sf.LibsndfileError:
-        from torchcodec.decoders import AudioDecoder
-
         decoded = AudioDecoder(data if data is not None else path).get_all_samples()
         return decoded.data.numpy().astype(np.float32), decoded.sample_rate
 
@@ -190,8 +191,6 @@ def cap(rows: list[dict], n: int, seed: int) -> tuple[list[dict], int]:
 
 def prepare(run, args) -> dict:
     """Run the stage; returns the report it writes."""
-    from datasets import Dataset, DatasetDict
-
     t0 = time.time()
     out_dir = ExperimentPaths.of(run.output_dir).data
     rows: list[dict] = []
@@ -288,8 +287,6 @@ def prepare(run, args) -> dict:
         "protected_texts": len(guard),
         "seconds": round(time.time() - t0, 2),
     }
-    from core.config import save_resolved
-
     with files.atomic_dir(out_dir) as tmp:
         dd.save_to_disk(str(tmp))
         guard.save(tmp / "protected_texts.json")
@@ -302,8 +299,6 @@ def prepare(run, args) -> dict:
 
 
 def main(argv=None):
-    from core.config import parse_args
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run, args = parse_args("prepare", argv, description=__doc__)
     prepare(run, args)

@@ -17,7 +17,7 @@ class PrepareArgs:
     path: str = arg(
         "",
         "Folder (audiofolder, fsdd), manifest file (csv, jsonl) or Hub dataset id (hub). "
-        "Empty for asterisk (the Debian package's folder) and fsdd (../shared/data/fsdd).",
+        "Empty for asterisk (the Debian package's folder).",
     )
     hub_config: str = arg("", "Hub dataset configuration name (source=hub).")
     hub_split: str = arg("train", "Hub dataset split to read (source=hub).")

