@@ -174,25 +174,14 @@ def map_whisper_weights(model: Ct2Model, source: Path) -> tuple[dict[str, np.nda
     m.linear("encoder/conv1", "model.encoder.conv1")
     m.linear("encoder/conv2", "model.encoder.conv2")
     m.put(
-        "model.encoder.embed_positions.weight",
-        m.take("encoder/position_encodings/encodings"),
-        "encoder/position_encodings/encodings",
-    )
-    m.layer_norm("encoder/layer_norm", "model.encoder.layer_norm")
-    for i in range(layer_count(model, "encoder")):
-        _map_layer(m, f"encoder/layer_{i}", f"model.encoder.layers.{i}", cross_attention=False)
-
-    m.put(
         "model.decoder.embed_tokens.weight", m.take("decoder/embeddings/weight"), "decoder/embeddings/weight"
     )
-    m.put(
-        "model.decoder.embed_positions.weight",
-        m.take("decoder/position_encodings/encodings"),
-        "decoder/position_encodings/encodings",
-    )
-    m.layer_norm("decoder/layer_norm", "model.decoder.layer_norm")
-    for i in range(layer_count(model, "decoder")):
-        _map_layer(m, f"decoder/layer_{i}", f"model.decoder.layers.{i}", cross_attention=True)
+    for side in ("encoder", "decoder"):
+        positions = f"{side}/position_encodings/encodings"
+        m.put(f"model.{side}.embed_positions.weight", m.take(positions), positions)
+        m.layer_norm(f"{side}/layer_norm", f"model.{side}.layer_norm")
+        for i in range(layer_count(model, side)):
+            _map_layer(m, f"{side}/layer_{i}", f"model.{side}.layers.{i}", cross_attention=side == "decoder")
 
     projection = m.take("decoder/projection/weight")
     if model.get("decoder/projection/bias") is not None:
