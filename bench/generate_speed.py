@@ -1,9 +1,9 @@
 """Speed of every candidate generator, in audio seconds produced per wall second on one core.
 
-    python bench/generate_speed.py [--seconds 10] [--repeats 5] [--json out.json]
+    python bench/generate_speed.py [--seconds 10] [--repeats 5] [--speech_dir DIR] [--json out.json]
 
-Perturbations run on a 10 s clip (real LibriSpeech speech from ../shared/data when present, else
-a synthetic harmonic tone) with one torch thread, next to the torchaudio call one would write
+Perturbations run on a 10 s clip (real speech from the 16 kHz FLAC files under ``--speech_dir``,
+e.g. LibriSpeech excerpts, else a synthetic harmonic tone) with one torch thread, next to the torchaudio call one would write
 without this module (the baseline). TTS engines are called through ``data_prep.candidates.tts`` on short
 sentences, process start included; engines that are not installed are skipped. Targets (issue
 3): every perturbation >= 200x real time per core, espeak-ng and flite >= 50x.
@@ -21,14 +21,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.schema import SAMPLE_RATE  # noqa: E402
 from data_prep.candidates import perturb as P  # noqa: E402
+from data_prep.candidates import tts  # noqa: E402
 
-SHARED = Path(os.environ.get("ASR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PERTURB_TARGET = 200.0
 # The issue's TTS target covers the two fast formant/diphone engines; festival and piper are
 # slower by design (unit selection, a neural net) and are reported without a target.
@@ -42,13 +43,12 @@ SENTENCES = [
 ]
 
 
-def test_clip(seconds: float) -> tuple[torch.Tensor, str]:
-    """``seconds`` of real speech (LibriSpeech excerpts, concatenated) or a harmonic tone."""
-    root = SHARED / "librispeech-excerpts"
-    files = sorted(root.rglob("*.flac")) if root.is_dir() else []
+def test_clip(seconds: float, speech_dir: str) -> tuple[torch.Tensor, str]:
+    """``seconds`` of real speech (the 16 kHz FLAC files under ``speech_dir``, concatenated) or a
+    harmonic tone when there are none (or too few seconds of them)."""
+    root = Path(speech_dir) if speech_dir else None
+    files = sorted(root.rglob("*.flac")) if root is not None and root.is_dir() else []
     if files:
-        import soundfile as sf
-
         parts, total = [], 0
         for f in files:
             data, rate = sf.read(f, dtype="float32", always_2d=True)
@@ -59,7 +59,7 @@ def test_clip(seconds: float) -> tuple[torch.Tensor, str]:
             if total >= seconds * SAMPLE_RATE:
                 return torch.from_numpy(
                     np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]
-                ), "LibriSpeech speech"
+                ), f"speech from {root}"
     t = torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     x = sum(torch.sin(2 * math.pi * 150 * k * t) / k for k in range(1, 8)) * (
         0.6 + 0.4 * torch.sin(2 * math.pi * 3 * t)
@@ -90,8 +90,8 @@ def median_f0(wav: torch.Tensor) -> float:
     return float(f0.median()) if f0.numel() else float("nan")
 
 
-def bench_perturbations(seconds: float, repeats: int) -> list[dict]:
-    x, what = test_clip(seconds)
+def bench_perturbations(seconds: float, repeats: int, speech_dir: str) -> list[dict]:
+    x, what = test_clip(seconds, speech_dir)
     print(f"perturbations on {seconds:.0f} s of {what}, 1 thread, median of {repeats}")
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     recipe = P.load_recipe("default")
@@ -158,8 +158,6 @@ def bench_perturbations(seconds: float, repeats: int) -> list[dict]:
 
 def bench_tts(repeats: int) -> list[dict]:
     """Each installed engine through data_prep.candidates.tts, process start included (its measure_speed)."""
-    from data_prep.candidates import tts
-
     rows = []
     for name in tts.ENGINES:
         engine = tts.get_engine(name)
@@ -186,11 +184,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the perturbed clip")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per generator (median reported)")
+    ap.add_argument(
+        "--speech_dir", default="", help="folder of 16 kHz FLAC speech to perturb (default: a synthetic tone)"
+    )
     ap.add_argument("--json", default="", help="also write the results to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(1)  # per-core figures: one shard runs on one core
 
-    rows = bench_perturbations(args.seconds, args.repeats)
+    rows = bench_perturbations(args.seconds, args.repeats, args.speech_dir)
     tts_rows = bench_tts(args.repeats)
     load = os.getloadavg()[0]
     print(f"\nload average {load:.1f} on {os.cpu_count()} cores (wall figures drop under others' load)")

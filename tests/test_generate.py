@@ -2,16 +2,20 @@
 guard, failures counted by reason, determinism, and resuming a killed run shard by shard."""
 
 import json
+import logging
 import os
 import time
 
 import numpy as np
 import pytest
 from conftest import tone
+from datasets import Dataset, DatasetDict
 
 from core import files, schema
 from core.config import parse_args
-from data_prep.candidates.generate import generate, rank_and_world, shard_name
+from data_prep.candidates import tts
+from data_prep.candidates.generate import generate, rank_and_world
+from data_prep.candidates.shards import shard_name
 from data_prep.candidates.tts import SynthesisError
 from data_prep.leakage import LeakageGuard, normalize_text
 
@@ -58,7 +62,6 @@ ENGINES = ["test_generate:FakeEngine", "test_generate:MissingEngine"]
 
 def prepared(root):
     """A prepare-stage output: target_train, target_test, source, protected_texts.json."""
-    from datasets import Dataset, DatasetDict
 
     def rows(texts, speaker, start):
         return [
@@ -293,8 +296,6 @@ def test_empty_shards_are_merged_and_no_candidates_is_an_error(exp):
 
 
 def test_real_engines_when_installed(exp):
-    from data_prep.candidates import tts
-
     names = [n for n in ("espeak-ng", "flite") if tts.get_engine(n).available()]
     if not names:
         pytest.skip("neither espeak-ng nor flite is installed")
@@ -327,3 +328,15 @@ def test_engine_coin_and_recipe_draw_independently(exp, tmp_path):
     slow = sum(g["engine_params"]["rate"] < 0.5 for g in perturbed) / len(perturbed)
     assert 0.4 < slow < 0.6
     assert all(len({g["seed"], g["engine_seed"], g["perturb_seed"]}) == 3 for g in perturbed)
+
+
+def test_a_missing_engine_is_skipped_naming_what_to_install(exp, caplog):
+    exp, corpus = exp
+    with caplog.at_level(logging.WARNING, logger="data_prep.candidates.plan"):
+        report = run_generate(exp, corpus, "--engines", ENGINES[0], "hf", ENGINES[1])
+    assert report["plan"]["engines"]["hf"] == {"available": False, "voices": []}
+    warnings = [r.getMessage() for r in caplog.records if "not installed" in r.getMessage()]
+    assert warnings == [
+        f"TTS engine hf is not installed: skipped ({tts.get_engine('hf').install_hint})",
+        f"TTS engine {ENGINES[1]} is not installed: skipped (see the engine's documentation)",
+    ]

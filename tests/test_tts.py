@@ -1,6 +1,6 @@
 """TTS engines: every voice speaks, no text reaches a shell, the same seed gives the same audio,
-a failed text is a SynthesisError, a missing engine names what to install; tiny random VITS and
-SpeechT5 models built from configs run the transformers engine offline.
+a failed text is a SynthesisError, a missing engine names what to install; the registry builds
+named and `module:Class` engines. The in-process model engines (piper, hf) are in test_tts_models.py.
 
 espeak-ng coverage: all 8 x 101 voice x variant pairs take about a minute here, so the default run
 speaks every base voice (with a different variant each) and every variant (rotating over the
@@ -10,7 +10,6 @@ base voices); the slow-marked test speaks the full cross product.
 from __future__ import annotations
 
 import importlib.util
-import json
 import stat
 
 import numpy as np
@@ -20,7 +19,7 @@ from data_prep.candidates import tts
 from data_prep.candidates.tts import base, espeak, festival, flite
 
 SUBPROCESS_ENGINES = ("espeak-ng", "flite", "festival")
-# The English voices of espeak-ng 1.51 without MBROLA (ASSETS.md); a newer espeak-ng may add more.
+# The English voices of espeak-ng 1.51 without MBROLA voices; a newer espeak-ng may add more.
 ESPEAK_BASES = {
     "en-us",
     "en-gb",
@@ -77,6 +76,26 @@ def test_registry():
         tts.get_engine("sapi")
     with pytest.raises(TypeError):
         tts.get_engine("flite", voice_dir="/x")  # a typo in an option is an error, not ignored
+
+
+class CustomEngine:
+    """An engine of one's own, named by `module:Class`: built with no arguments."""
+
+    def available(self):
+        return True
+
+
+def test_registry_builds_your_own_engine_and_caches_per_setting():
+    assert isinstance(tts.get_engine("test_tts:CustomEngine"), CustomEngine)
+    with pytest.raises(ModuleNotFoundError):
+        tts.get_engine("no_such_module:Engine")
+    custom = tts.cached_engine("test_tts:CustomEngine", 5.0)
+    assert isinstance(custom, CustomEngine) and tts.cached_engine("test_tts:CustomEngine", 5.0) is custom
+    flite_5 = tts.cached_engine("flite", 5.0)
+    assert flite_5.timeout == 5.0 and tts.cached_engine("flite", 5.0) is flite_5
+    assert tts.cached_engine("flite", 9.0).timeout == 9.0
+    assert tts.cached_engine("hf", 5.0, "some/model").model == "some/model"
+    assert tts.cached_engine("hf", 5.0).model == ""
 
 
 def test_check_audio():
@@ -305,8 +324,6 @@ def test_missing_models_say_what_to_pass_or_install(tmp_path):
         hf.voices()
     piper = tts.get_engine("piper", model=str(tmp_path / "voice.onnx"))
     assert not piper.available()
-    import importlib.util
-
     # Without the optional package the install hint comes first; with it, the missing voice file.
     expected = "voice.onnx" if importlib.util.find_spec("piper") else "pip install piper-tts"
     with pytest.raises(tts.EngineUnavailable, match=expected):
@@ -320,141 +337,3 @@ def test_measure_speed_counts_failures(espeak_engine):
     assert report.calls == 3 and report.failures == 1
     assert report.audio_seconds > 1.0 and report.wall_seconds > 0 and report.cpu_seconds > 0
     assert report.to_dict()["x_real_time"] == pytest.approx(report.audio_seconds / report.wall_seconds)
-
-
-# ---------------------------------------------------------------------------------------------
-# piper (optional extra)
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.skipif(importlib.util.find_spec("piper") is None, reason="optional extra `piper` not installed")
-def test_piper_voice_speaks_reproducibly():
-    engine = engine_or_skip("piper")
-    (voice,) = engine.voices()
-    assert speaks(engine, SENTENCE, voice) > 0.5
-    a, _ = engine.synthesize(SENTENCE, voice, 2)
-    assert np.array_equal(a, engine.synthesize(SENTENCE, voice, 2)[0])
-    assert engine.accent(voice) == "en-us"
-    slow = tts.get_engine("piper", length_scale_range=(1.4, 1.4)).synthesize(SENTENCE, voice, 0)[0]
-    assert len(slow) > 1.2 * len(a)
-
-
-# ---------------------------------------------------------------------------------------------
-# transformers models: tiny, random, built from configs
-# ---------------------------------------------------------------------------------------------
-CHARS = list("_ abcdefghijklmnopqrstuvwxyz'")
-
-
-def _tokenizer(folder, add_blank: bool):
-    from transformers import VitsTokenizer
-
-    (folder / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(CHARS)}))
-    VitsTokenizer(
-        str(folder / "vocab.json"), pad_token="_", unk_token="_", phonemize=False, add_blank=add_blank
-    ).save_pretrained(folder)
-
-
-def tiny_vits(folder, num_speakers: int = 1):
-    import torch
-    from transformers import VitsConfig, VitsModel
-
-    folder.mkdir()
-    _tokenizer(folder, add_blank=True)
-    torch.manual_seed(0)
-    config = VitsConfig(
-        vocab_size=len(CHARS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=16, flow_size=16,
-        spectrogram_bins=17, upsample_initial_channel=16, upsample_rates=[4, 4], upsample_kernel_sizes=[8, 8],
-        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]], duration_predictor_filter_channels=16,
-        prior_encoder_num_flows=1, prior_encoder_num_wavenet_layers=1, posterior_encoder_num_wavenet_layers=1,
-        depth_separable_num_layers=1, duration_predictor_num_flows=1, sampling_rate=16_000,
-        num_speakers=num_speakers, speaker_embedding_size=8 if num_speakers > 1 else 0,
-    )  # fmt: skip
-    VitsModel(config).save_pretrained(folder)
-    return str(folder)
-
-
-def tiny_speecht5(folder):
-    """A tiny SpeechT5 + HiFi-GAN. The real tokenizer needs sentencepiece; a character tokenizer
-    saved beside the model is what AutoTokenizer loads, which exercises the same engine code."""
-    import torch
-    from transformers import SpeechT5Config, SpeechT5ForTextToSpeech, SpeechT5HifiGan, SpeechT5HifiGanConfig
-
-    folder.mkdir()
-    _tokenizer(folder, add_blank=False)
-    torch.manual_seed(0)
-    config = SpeechT5Config(
-        vocab_size=len(CHARS), hidden_size=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, num_mel_bins=8,
-        speech_decoder_prenet_units=16, speech_decoder_postnet_units=16, speech_decoder_postnet_layers=1,
-        speaker_embedding_dim=8, pad_token_id=0,
-    )  # fmt: skip
-    model = SpeechT5ForTextToSpeech(config)
-    with torch.no_grad():  # a random stop head ends after a frame or two: make it run to the length cap
-        model.speech_decoder_postnet.prob_out.bias.fill_(-20.0)
-    model.save_pretrained(folder)
-    # A random HiFi-GAN at the default init is nearly silent; a larger init makes audible noise.
-    vocoder = SpeechT5HifiGan(
-        SpeechT5HifiGanConfig(
-            model_in_dim=8, upsample_initial_channel=16, upsample_rates=[4, 4], upsample_kernel_sizes=[8, 8],
-            resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]], sampling_rate=16_000, initializer_range=1.0,
-        )
-    )  # fmt: skip
-    vocoder.save_pretrained(folder / "vocoder")
-    np.save(folder / "xvectors.npy", np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32))
-    return str(folder)
-
-
-def test_hf_vits_single_and_multi_speaker(tmp_path):
-    pytest.importorskip("transformers")
-    single = tts.get_engine("hf", model=tiny_vits(tmp_path / "vits1"), device="cpu")
-    assert single.available() and single.voices() == ["default"]
-    a, rate = single.synthesize("hello there", "default", 1)
-    assert rate == 16_000 and a.dtype == np.float32
-    assert np.array_equal(a, single.synthesize("hello there", "default", 1)[0])
-    params = single.params_for("default", 1)
-    assert 0.87 <= params["speaking_rate"] <= 1.15 and params["model"] == single.model
-    b, _ = single.synthesize("hello there", "default", 2)
-    assert not np.array_equal(a[: len(b)], b[: len(a)])
-    with pytest.raises(tts.SynthesisError, match="vocabulary"):
-        single.synthesize("123 !!", "default", 0)
-
-    multi = tts.get_engine("hf", model=tiny_vits(tmp_path / "vits3", num_speakers=3), device="cpu")
-    assert multi.voices() == ["spk0", "spk1", "spk2"]
-    s0, _ = multi.synthesize("hello there", "spk0", 1)
-    s1, _ = multi.synthesize("hello there", "spk1", 1)
-    assert not np.array_equal(s0[: len(s1)], s1[: len(s0)])
-
-
-def test_hf_speecht5_voices_are_xvectors(tmp_path):
-    pytest.importorskip("transformers")
-    folder = tiny_speecht5(tmp_path / "t5")
-    engine = tts.get_engine(
-        "hf",
-        model=folder,
-        vocoder=f"{folder}/vocoder",
-        speaker_embeddings=f"{folder}/xvectors.npy",
-        device="cpu",
-    )
-    assert engine.voices() == ["spk0", "spk1", "spk2"]
-    a, rate = engine.synthesize("hello", "spk1", 1)
-    assert rate == 16_000 and len(a) > 1000
-    assert np.array_equal(a, engine.synthesize("hello", "spk1", 1)[0])
-    assert not np.array_equal(a, engine.synthesize("hello", "spk2", 1)[0])
-    assert not np.array_equal(a, engine.synthesize("hello", "spk1", 2)[0])  # prenet dropout follows the seed
-    with pytest.raises(ValueError, match="speaker_embeddings=<file.npy>"):
-        tts.get_engine("hf", model=folder, vocoder=f"{folder}/vocoder").voices()
-    with pytest.raises(ValueError, match="nope.npy not found"):
-        tts.get_engine(
-            "hf", model=folder, vocoder=f"{folder}/vocoder", speaker_embeddings="nope.npy"
-        ).voices()
-
-
-def test_hf_rejects_unknown_models(tmp_path):
-    pytest.importorskip("transformers")
-    from transformers import BertConfig
-
-    BertConfig(
-        hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
-    ).save_pretrained(tmp_path / "bert")
-    with pytest.raises(ValueError, match="'bert' model; supported"):
-        tts.get_engine("hf", model=str(tmp_path / "bert")).voices()
-    with pytest.raises(tts.EngineUnavailable, match="cannot load"):
-        tts.get_engine("hf", model=str(tmp_path / "missing")).voices()

@@ -28,7 +28,7 @@ class GenerateArgs:
     )
     perturb_recipe: str = arg(
         "default",
-        "Perturbation recipe: a builtin (default, telephone) or a YAML/JSON file (format: data_prep/perturb.py).",
+        "Perturbation recipe: a builtin (default, telephone) or a YAML/JSON file (format: data_prep/candidates/perturb/recipes.py).",
     )
     copies_per_utterance: int = arg(
         2, "Perturbed copies of each real utterance (target_train, and source if included)."

@@ -16,6 +16,7 @@ naming what to install, when the engine is missing.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 from data_prep.candidates.tts.base import SILENCE_PEAK, Engine, EngineUnavailable, SynthesisError
@@ -33,15 +34,34 @@ ENGINES = tuple(_REGISTRY)
 
 
 def get_engine(name: str, **options) -> Engine:
-    """A new engine ``name`` (one of ENGINES) built with ``options`` (``timeout`` for all; see each class).
+    """A new engine ``name`` built with ``options`` (``timeout`` for all; see each class).
 
+    ``name`` is one of ENGINES, or ``module:Class`` for an engine of your own (any class with
+    ``available``, ``voices`` and ``synthesize``; ``accent`` and ``params_for`` are optional).
     Nothing is checked or loaded yet: call ``available()`` to skip a missing engine, or let
     ``voices()`` / ``synthesize()`` raise EngineUnavailable.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown TTS engine {name!r}; known engines: {', '.join(ENGINES)}")
-    module, cls = _REGISTRY[name].split(":")
+    if ":" in name:
+        module, cls = name.split(":", 1)
+    elif name in _REGISTRY:
+        module, cls = _REGISTRY[name].split(":")
+    else:
+        raise ValueError(
+            f"unknown TTS engine {name!r}; known engines: {', '.join(ENGINES)} (or `module:Class` of your own)"
+        )
     return getattr(importlib.import_module(module), cls)(**options)
+
+
+# One instance per process and setting: engines cache their voice listing and loaded models, and
+# the generate stage asks for the same engine while planning and again for every job of a shard.
+@functools.cache
+def cached_engine(name: str, timeout: float, hf_model: str = "") -> Engine:
+    """The engine as the generate stage builds it: a registered engine with ``timeout`` (and the
+    ``hf`` engine with its model, Hub id or folder); a ``module:Class`` engine with no arguments."""
+    if ":" in name:
+        return get_engine(name)
+    options = {"model": hf_model} if name == "hf" and hf_model else {}
+    return get_engine(name, timeout=timeout, **options)
 
 
 __all__ = [
@@ -51,6 +71,7 @@ __all__ = [
     "EngineUnavailable",
     "SpeedReport",
     "SynthesisError",
+    "cached_engine",
     "get_engine",
     "measure_speed",
 ]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from data_prep.candidates.tts.base import DEFAULT_TIMEOUT, Engine, EngineUnavailable, SynthesisError, excerpt
 
@@ -70,7 +71,8 @@ class HFEngine(Engine):
         if self._loaded is not None:
             return self._loaded
         self.require()
-        import torch
+        # transformers' model classes take seconds to import: only an engine that loads a model
+        # pays for them (planning lists `hf` beside the other engines even without a model).
         from transformers import AutoConfig, AutoTokenizer
 
         if self.device == "auto":
@@ -142,8 +144,6 @@ class HFEngine(Engine):
         return params
 
     def _synthesize(self, text: str, voice: str, params: dict[str, Any]) -> tuple[np.ndarray, int]:
-        import torch
-
         m = self._load()
         what = f"hf {self.model} voice {voice!r} on {excerpt(text)}"
         if not m["tokenizer"].tokenize(text):

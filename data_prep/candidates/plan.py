@@ -1,0 +1,199 @@
+"""Planning of the generate stage: every candidate to make (a ``Job``), decided from the config and
+the inputs alone, so every process of a run plans the same jobs in the same order."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core import schema
+from core.seeding import derive_seed
+from data_prep.candidates import tts
+from data_prep.leakage import LeakageGuard, normalize_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One candidate to make: a TTS synthesis or a perturbed copy of a real utterance."""
+
+    id: str
+    kind: str  # "tts" | "perturb"
+    seed: int
+    text: str
+    engine: str = ""
+    voice: str = ""
+    perturb: bool = True  # tts: also perturb the synthesis; perturb jobs always are
+    split: str = ""  # perturb: split and row of the parent utterance
+    row: int = -1
+    copy: int = 0
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", s).strip("_") or "x"
+
+
+def read_corpus(path: str) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped; errors name the file and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"text_corpus {p} not found: give a UTF-8 text file with one sentence a line, or leave it empty"
+        )
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"text_corpus {p} is not valid UTF-8 ({e}); re-save it as UTF-8") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def plan_texts(
+    train_texts: list[str], corpus: list[str], guard: LeakageGuard
+) -> tuple[list[str], dict[str, int]]:
+    """Unique TTS texts (first spelling of each normalised sentence), test texts refused."""
+    seen: set[str] = set()
+    texts: list[str] = []
+    counts = dict(train=len(train_texts), corpus=len(corpus), empty=0, duplicate=0, refused_protected=0)
+    for text in [*train_texts, *corpus]:
+        norm = normalize_text(text)
+        if not norm:
+            counts["empty"] += 1
+        elif norm in seen:
+            counts["duplicate"] += 1
+        elif guard.is_protected(text):
+            counts["refused_protected"] += 1
+            seen.add(norm)
+        else:
+            seen.add(norm)
+            texts.append(text)
+    counts["allowed"] = len(texts)
+    return texts, counts
+
+
+def select_voices(voices: list[str], patterns: list[str], max_voices: int, seed: int) -> list[str]:
+    """The voices matching one of the shell ``patterns`` (all when empty), at most ``max_voices``
+    of them (a seeded choice; 0: no cap), sorted."""
+    kept = sorted(v for v in set(voices) if not patterns or any(fnmatch.fnmatchcase(v, p) for p in patterns))
+    if max_voices and len(kept) > max_voices:
+        rng = np.random.default_rng(seed)
+        kept = sorted(kept[i] for i in rng.choice(len(kept), size=max_voices, replace=False))
+    return kept
+
+
+def _real_texts(data_dir: Path, splits: list[str]) -> dict[str, dict[str, list]]:
+    """Ids and texts of each real split that exists (``source`` is optional)."""
+    rows_by_split = {}
+    for split in splits:
+        try:
+            ds = schema.load_split(data_dir, split)
+        except KeyError:
+            if split == "source":
+                continue  # the prepare stage writes `source` only when there are other speakers
+            raise
+        rows_by_split[split] = ds.select_columns(["id", "text"]).to_dict()
+    return rows_by_split
+
+
+def _perturb_jobs(
+    rows_by_split: dict[str, dict[str, list]], guard: LeakageGuard, copies: int, run_seed: int
+) -> tuple[list[Job], dict[str, dict[str, int]]]:
+    """Perturbed copies of real utterances, and counts per split; their texts pass the guard too
+    (a source speaker may read a test sentence, and split_by=speaker shares texts with the test)."""
+    jobs, counts = [], {}
+    for split, cols in rows_by_split.items():
+        refused = 0
+        for row, (uid, text) in enumerate(zip(cols["id"], cols["text"], strict=True)):
+            if guard.is_protected(text):
+                refused += 1
+                continue
+            for k in range(copies):
+                cid = f"{uid}-pert{k}"
+                jobs.append(
+                    Job(
+                        id=cid,
+                        kind="perturb",
+                        seed=derive_seed(run_seed, cid),
+                        text=text,
+                        split=split,
+                        row=row,
+                        copy=k,
+                    )
+                )
+        counts[split] = {"utterances": len(cols["id"]), "refused_protected": refused}
+    return jobs, counts
+
+
+def _tts_jobs(texts: list[str], run_seed: int, args) -> tuple[list[Job], dict[str, Any]]:
+    """Every selected voice of every installed engine speaks a seeded sample of the texts; the
+    report says which engines and voices were used and how many jobs the cap dropped."""
+    jobs: list[Job] = []
+    plan: dict[str, Any] = {"engines": {}}
+    for name in args.engines:
+        engine = tts.cached_engine(name, args.engine_timeout, args.hf_model)
+        if not engine.available():
+            # Registered engines name what to install (e.g. `apt-get install flite`); yours may not.
+            hint = getattr(engine, "install_hint", "") or "see the engine's documentation"
+            log.warning("TTS engine %s is not installed: skipped (%s)", name, hint)
+            plan["engines"][name] = {"available": False, "voices": []}
+            continue
+        voices = select_voices(
+            engine.voices(), args.voices, args.max_voices_per_engine, derive_seed(run_seed, "voices", name)
+        )
+        plan["engines"][name] = {"available": True, "voices": voices}
+        for voice in voices:
+            rng = np.random.default_rng(derive_seed(run_seed, "texts", name, voice))
+            n = len(texts) if not args.texts_per_voice else min(args.texts_per_voice, len(texts))
+            for i in sorted(rng.choice(len(texts), size=n, replace=False).tolist()):
+                text = texts[i]
+                cid = f"tts-{_slug(name)}-{_slug(voice)}-{hashlib.sha1(normalize_text(text).encode()).hexdigest()[:12]}"
+                seed = derive_seed(run_seed, cid)
+                coin = np.random.default_rng(derive_seed(seed, "perturb?")).random()
+                use_recipe = bool(coin < args.perturb_synthetic_prob)
+                jobs.append(
+                    Job(
+                        id=cid, kind="tts", seed=seed, text=text, engine=name, voice=voice, perturb=use_recipe
+                    )
+                )
+    if args.max_synthetic and len(jobs) > args.max_synthetic:
+        rng = np.random.default_rng(derive_seed(run_seed, "max_synthetic"))
+        keep = set(rng.choice(len(jobs), size=args.max_synthetic, replace=False).tolist())
+        plan["synthetic_over_cap"] = len(jobs) - len(keep)
+        jobs = [j for i, j in enumerate(jobs) if i in keep]
+    return jobs, plan
+
+
+def plan_jobs(run, args, data_dir: Path) -> tuple[list[Job], dict[str, Any]]:
+    """Every job of the run, in a deterministic order, and the planning report."""
+    guard = LeakageGuard.from_dataset_dir(data_dir)
+    # perturb and engines are filled below; set here so the report lists them before texts.
+    plan: dict[str, Any] = {"protected_texts": len(guard), "perturb": {}, "engines": {}}
+    splits = ["target_train"] + (["source"] if args.include_source else [])
+    rows_by_split = _real_texts(data_dir, splits)
+    jobs, plan["perturb"] = _perturb_jobs(rows_by_split, guard, args.copies_per_utterance, run.seed)
+
+    corpus = read_corpus(args.text_corpus) if args.text_corpus else []
+    texts, plan["texts"] = plan_texts(rows_by_split["target_train"]["text"], corpus, guard)
+    if plan["texts"]["refused_protected"] and not texts:
+        log.warning(
+            "every TTS text is a test text and was refused: no synthetic candidates (add a text_corpus)"
+        )
+    tts_jobs, tts_plan = _tts_jobs(texts, run.seed, args)
+    plan.update(tts_plan)
+    jobs.extend(tts_jobs)
+
+    dup = [k for k, v in Counter(j.id for j in jobs).items() if v > 1]
+    if dup:
+        raise ValueError(
+            f"candidate ids collide (e.g. {dup[:3]}): utterance ids in {data_dir} must be unique across splits"
+        )
+    plan["jobs"] = {"perturb": len(jobs) - len(tts_jobs), "tts": len(tts_jobs)}
+    return jobs, plan
