@@ -23,13 +23,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import schema  # noqa: E402
 from core.config import RunArgs  # noqa: E402
+from core.paths import ExperimentPaths  # noqa: E402
+from data_prep.prepare import prepare  # noqa: E402
 from data_prep.prepare_args import PrepareArgs  # noqa: E402
+from recipe.data import apply_guards, canonical  # noqa: E402
+from recipe.models import load_for_training  # noqa: E402
+from recipe.packing import WindowDataset  # noqa: E402
 from recipe.train_args import TrainArgs  # noqa: E402
 
 
@@ -95,24 +103,14 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Path(args.output_dir)
-    if not (out / "data" / "dataset_dict.json").is_file():
-        from data_prep.prepare import prepare
-
+    data_dir = ExperimentPaths.of(out).data
+    if not (data_dir / "dataset_dict.json").is_file():
         prepare(
             RunArgs(output_dir=str(out), seed=args.seed),
             PrepareArgs(source="asterisk", max_train_utterances=args.utterances, max_test_utterances=10),
         )
 
-    import datasets
-    import torch
-    from torch.utils.data import DataLoader
-
-    from recipe.models import load_for_training
-    from recipe.packing import WindowDataset
-    from recipe.train import _canonical, apply_guards
-
     targs = TrainArgs(model_name_or_path=args.model, freeze_encoder=args.freeze_encoder)
-    data_dir = out / "data"
     hf_cache = Path(tempfile.mkdtemp(prefix="hf-datasets-cache-"))
     datasets.config.HF_DATASETS_CACHE = hf_cache
     rows = schema.load_split(data_dir, "target_train")
@@ -121,7 +119,7 @@ def main() -> None:
     # ours: exactly what recipe.train does before training
     asr = load_for_training(targs, rows["text"])
     before = file_sizes(data_dir, hf_cache)
-    ours_rows = _canonical(rows, "bench")
+    ours_rows = canonical(rows, "bench")
     keep, _ = apply_guards(asr, ours_rows, targs, "bench")
     ours_ds = WindowDataset(ours_rows.select(keep), [[i] for i in range(len(keep))])
     ours_bytes = new_bytes(before, file_sizes(data_dir, hf_cache))

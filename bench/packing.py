@@ -27,15 +27,17 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.config import RunArgs  # noqa: E402
+from core.paths import ExperimentPaths  # noqa: E402
+from data_prep.prepare import prepare  # noqa: E402
 from data_prep.prepare_args import PrepareArgs  # noqa: E402
+from recipe.evaluate import evaluate  # noqa: E402
 from recipe.evaluate_args import EvaluateArgs  # noqa: E402
+from recipe.train import main as train_main  # noqa: E402
 
 
 def prepare_data(out: Path, n_train: int, n_test: int, seed: int) -> None:
-    if (out / "data" / "dataset_dict.json").is_file():
+    if (ExperimentPaths.of(out).data / "dataset_dict.json").is_file():
         return
-    from data_prep.prepare import prepare
-
     prepare(
         RunArgs(output_dir=str(out), seed=seed),
         PrepareArgs(source="asterisk", max_train_utterances=n_train, max_test_utterances=n_test),
@@ -43,8 +45,6 @@ def prepare_data(out: Path, n_train: int, n_test: int, seed: int) -> None:
 
 
 def train_arm(out: Path, arm: str, packing: bool, batch_size: int, args) -> dict:
-    from recipe.train import main
-
     train_dir = out / f"train-{arm}"
     section = {
         "model_name_or_path": args.model,
@@ -65,7 +65,7 @@ def train_arm(out: Path, arm: str, packing: bool, batch_size: int, args) -> dict
     }
     cfg = out / f"config-{arm}.yaml"
     cfg.write_text(yaml.safe_dump({"run": {"output_dir": str(out), "seed": args.seed}, "train": section}))
-    main(["--config", str(cfg)])
+    train_main(["--config", str(cfg)])
     return json.loads((train_dir / "train_report.json").read_text())
 
 
@@ -92,8 +92,6 @@ def main() -> None:
     out = Path(args.output_dir)
 
     prepare_data(out, args.train, args.test, args.seed)
-    from recipe.evaluate import evaluate
-
     base = evaluate(
         RunArgs(output_dir=str(out), seed=args.seed),
         EvaluateArgs(model=args.model, split="target_test", eval_name="base-target_test", batch_size=16),

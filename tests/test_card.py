@@ -1,4 +1,8 @@
+"""The model card (recipe.card): metadata, body, masked command, from hand-made inputs."""
+
 import json
+
+from huggingface_hub import ModelCard
 
 from recipe.card import filter_summary, hub_base_model, render_card, reproduce_command, write_card
 from recipe.train_args import TrainArgs
@@ -81,8 +85,6 @@ def _inputs():
 
 
 def test_card_metadata_and_body(tmp_path):
-    from huggingface_hub import ModelCard
-
     path = write_card(tmp_path, hub_model_id="me/model", **_inputs())
     card = ModelCard.load(path)
     assert card.data.base_model == "openai/whisper-tiny.en"

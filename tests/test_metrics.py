@@ -1,9 +1,14 @@
+"""WER/CER modules, edit counts, bootstrap intervals and normalizers (recipe.metrics), and the
+evaluate stage's scoring, on hand-computed examples."""
+
+import os
+
 import numpy as np
 import pytest
 
-from recipe.evaluate import compare, score
+from recipe.evaluate import compare, model_fingerprint, score
 from recipe.metrics import load_metric
-from recipe.metrics.errors import bootstrap_ci, error_counts, paired_bootstrap
+from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
 from recipe.metrics.normalize import get_normalizer
 
 
@@ -104,10 +109,6 @@ def test_score_per_speaker_and_compare():
 
 
 def test_model_fingerprint_ignores_the_card_but_not_the_weights(tmp_path):
-    import os
-
-    from recipe.evaluate import model_fingerprint
-
     (tmp_path / "model.safetensors").write_bytes(b"w" * 10)
     (tmp_path / "config.json").write_text("{}")
     before = model_fingerprint(str(tmp_path))
@@ -120,6 +121,4 @@ def test_model_fingerprint_ignores_the_card_but_not_the_weights(tmp_path):
 
 
 def test_a_bootstrap_p_below_its_resolution_is_a_bound():
-    from recipe.metrics.errors import format_p
-
     assert format_p(0.0, 2000) == "< 0.001" and format_p(0.049, 2000) == "0.049"

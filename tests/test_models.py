@@ -1,14 +1,19 @@
 """The Whisper/CTC branch: labels, decoding, length guards, transcribe, language handling."""
 
+import logging
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 from tiny_asr import needs_espeak, speak, tiny_wav2vec2, tiny_whisper
+from transformers import AutoConfig
 
 from recipe.collators import IGNORE_INDEX, CTCCollator, WhisperCollator, ctc_text, whisper_label_ids
-from recipe.models import CTCASR, build_ctc_vocab, ctc_processor_for, load_asr, load_for_training
+from recipe.data import apply_guards
+from recipe.models import CTCASR, load_asr, load_for_training
+from recipe.models.ctc import build_ctc_vocab, ctc_processor_for
 from recipe.train_args import TrainArgs
 
 
@@ -39,8 +44,6 @@ def test_ctc_vocab_is_built_from_text_and_sorted():
 
 def test_ctc_decoding_keeps_repeated_letters(ctc_dir):
     vocab = build_ctc_vocab(["hello world"])
-    from transformers import AutoConfig
-
     processor = ctc_processor_for(str(ctc_dir), vocab, AutoConfig.from_pretrained(ctc_dir))
     asr = CTCASR(model=None, processor=processor)
     tok = processor.tokenizer
@@ -168,12 +171,6 @@ def test_label_overhead_counts_prefix_and_end_once(whisper_dir, whisper_ml_dir):
 
 
 def test_guards_drop_and_count_before_training(whisper_dir, caplog):
-    import logging
-
-    from datasets import Dataset
-
-    from recipe.train import apply_guards
-
     asr = load_asr(str(whisper_dir), device="cpu")
     rows = Dataset.from_dict(
         {"duration": [2.0, 45.0, 2.0, 31.0, 3.0], "text": ["a", "b", "z" * 600, "z" * 600, "c"]}

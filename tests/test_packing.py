@@ -1,7 +1,13 @@
+"""Window packing and the sampling plan (recipe.packing), on hand-made lengths and audio."""
+
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+from datasets import Dataset
 
 from core import schema
+from core.config import ConfigError
 from recipe.packing import (
     WindowDataset,
     concat_audio,
@@ -10,6 +16,7 @@ from recipe.packing import (
     pack_windows,
     packing_summary,
     split_oversized,
+    use_packing,
     window_seconds,
 )
 
@@ -69,8 +76,6 @@ def test_concat_audio_and_transcripts():
 
 
 def test_window_dataset_decodes_and_joins(tmp_path):
-    from datasets import Dataset
-
     rows = [
         schema.make_row(id=f"u{i}", samples=np.full(1600 * (i + 1), 0.1, np.float32), text=f"word{i}")
         for i in range(3)
@@ -84,3 +89,12 @@ def test_window_dataset_decodes_and_joins(tmp_path):
     assert (
         s["windows"] == 2 and s["utterances"] == 3 and s["speech_fill"] == pytest.approx(0.6 / 60, abs=1e-3)
     )
+
+
+def test_packing_needs_a_fixed_window():
+    ctc = SimpleNamespace(packable=False, kind="ctc")
+    whisper = SimpleNamespace(packable=True, kind="whisper", max_input_seconds=30.0)
+    with pytest.raises(ConfigError, match="packing"):
+        use_packing(ctc, SimpleNamespace(packing="on"), np.ones(3))
+    assert use_packing(whisper, SimpleNamespace(packing="auto"), np.array([2.0, 3.0, 40.0]))
+    assert not use_packing(whisper, SimpleNamespace(packing="auto"), np.array([20.0, 25.0]))

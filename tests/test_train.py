@@ -11,18 +11,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from datasets import Dataset
+from huggingface_hub import HfApi
 from tiny_asr import ESPEAK, PHRASES, canonical_rows, tiny_wav2vec2, tiny_whisper, write_prepared
 
+import recipe.train as rt
 from core.config import ConfigError
-from recipe.train import (
-    TRAIN_COLUMNS,
-    main,
-    mix_weights,
-    normalized_transcripts,
-    select_candidates,
-    use_packing,
-    weighted_sampler,
-)
+from recipe.models import load_asr
+from recipe.train import main
+from recipe.trainer import weighted_sampler
 
 REPO = Path(__file__).resolve().parents[1]
 VOICES = ["en-us", "en-gb"]
@@ -51,8 +48,6 @@ def assets(tmp_path_factory):
     equal = root / "equal"
     write_prepared(equal, canonical_rows([(t, v) for t in EQUAL_LENGTH for v in VOICES], "eq"), test)
     # scored candidates as the filter stage writes them, with weights (weights mode)
-    from datasets import Dataset
-
     cands = canonical_rows(
         [(t, v) for t in PHRASES[:6] for v in ("en-gb-scotland", "en-029")], "cand", origin="synthetic"
     )
@@ -68,9 +63,9 @@ def assets(tmp_path_factory):
     )
 
 
-def run_train(tmp_path: Path, assets, **train) -> Path:
-    """main() with a YAML config; returns <output_dir>/train."""
-    section = {
+def train_section(assets, **train) -> dict:
+    """A fast `train` section: the tiny Whisper on the real split, no evaluation, no saving."""
+    return {
         "model_name_or_path": str(assets.whisper),
         "data_dir": str(assets.data / "data"),
         "use_candidates": "none",
@@ -86,6 +81,11 @@ def run_train(tmp_path: Path, assets, **train) -> Path:
         "bootstrap_samples": 20,
         **train,
     }
+
+
+def run_train(tmp_path: Path, assets, **train) -> Path:
+    """main() with a YAML config; returns <output_dir>/train."""
+    section = train_section(assets, **train)
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
@@ -101,7 +101,7 @@ def losses(train_dir: Path) -> dict[int, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pure pieces of the training mix
+# The trainer's weighted sampler (recipe.trainer)
 # ---------------------------------------------------------------------------------------------
 def test_weighted_sampler_draws_in_proportion_to_weights():
     w = np.array([0.0, 1.0, 2.0, 5.0]) * 2500
@@ -109,73 +109,6 @@ def test_weighted_sampler_draws_in_proportion_to_weights():
     assert len(draws) == w.sum()
     np.testing.assert_allclose(np.bincount(draws, minlength=4) / len(draws), w / w.sum(), atol=0.01)
     assert np.array_equal(draws, np.array(list(weighted_sampler(w, seed=3))))  # every process draws the same
-
-
-def test_mix_weights_natural_and_ratios():
-    masses = {"real": np.ones(10), "candidates": np.ones(30)}
-    assert mix_weights(masses, {"real": 0, "candidates": 0}) is None
-    w = mix_weights(masses, {"real": 0.5, "candidates": 0.5})
-    assert (
-        w.sum() == pytest.approx(40)
-        and w[:10].sum() == pytest.approx(20)
-        and w[10:].sum() == pytest.approx(20)
-    )
-    weighted = {"real": np.ones(10), "candidates": np.array([0.0, 2.0, 1.0])}
-    np.testing.assert_allclose(mix_weights(weighted, {}), [1] * 10 + [0, 2, 1])
-    w = mix_weights(weighted, {"real": 3, "candidates": 1})
-    np.testing.assert_allclose(w[10:] / w[10:].sum(), [0, 2 / 3, 1 / 3])
-    assert w[:10].sum() / w.sum() == pytest.approx(0.75)
-    with pytest.raises(ConfigError, match="source"):
-        mix_weights(masses, {"source": 1.0})
-
-
-def test_random_arm_is_size_matched_and_seeded():
-    scored = {"accepted": [True, False, True, False, False, True, False, False], "weight": [1.0] * 8}
-
-    class Scored(dict):
-        column_names = list(scored)
-
-        def __len__(self):
-            return 8
-
-    idx, mass = select_candidates(Scored(scored), "random", np.random.default_rng(0))
-    assert len(idx) == 3 and len(set(idx)) == 3 and np.all(mass == 1)
-    again, _ = select_candidates(Scored(scored), "random", np.random.default_rng(0))
-    assert np.array_equal(idx, again)
-    idx, mass = select_candidates(Scored(scored), "weighted", np.random.default_rng(0))
-    assert len(idx) == 8 and mass.sum() == 8
-
-
-def test_normalized_transcripts_keep_rows_and_schema():
-    from datasets import Dataset
-
-    rows = Dataset.from_dict(
-        {
-            "id": ["a", "b"],
-            "audio": [b"RIFF", b"RIFF"],
-            "text": ["Ninety.", "Press two to call this number, please..."],
-            "duration": [0.8, 2.0],
-            "origin": ["real", "real"],
-            "generator": ["{}", "{}"],
-        }
-    )
-    out = normalized_transcripts(rows, "en", "real")
-    # spelled-out numbers become digits, as Whisper writes them; case and punctuation go
-    assert list(out["text"]) == ["90", "press 2 to call this number please"]
-    assert (
-        out.column_names == TRAIN_COLUMNS
-        and list(out["id"]) == ["a", "b"]
-        and list(out["audio"]) == list(rows["audio"])
-    )
-
-
-def test_packing_needs_a_fixed_window():
-    ctc = SimpleNamespace(packable=False, kind="ctc")
-    whisper = SimpleNamespace(packable=True, kind="whisper", max_input_seconds=30.0)
-    with pytest.raises(ConfigError, match="packing"):
-        use_packing(ctc, SimpleNamespace(packing="on"), np.ones(3))
-    assert use_packing(whisper, SimpleNamespace(packing="auto"), np.array([2.0, 3.0, 40.0]))
-    assert not use_packing(whisper, SimpleNamespace(packing="auto"), np.array([20.0, 25.0]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,8 +170,6 @@ def test_ctc_loss_decreases_with_weighted_candidates(tmp_path, assets):
 
 
 def test_ctc_lora_checkpoints_and_merged_final_model(tmp_path, assets):
-    from recipe.models import load_asr
-
     out = run_train(
         tmp_path,
         assets,
@@ -258,8 +189,6 @@ def test_ctc_lora_checkpoints_and_merged_final_model(tmp_path, assets):
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, assets, monkeypatch):
-    import recipe.train as rt
-
     common = dict(
         max_steps=6, packing="off", lr_scheduler_type="constant", save_strategy="steps", save_steps=2
     )
@@ -291,8 +220,6 @@ def test_resume_continues_from_the_saved_step(tmp_path, assets, monkeypatch):
 def test_push_creates_one_repo_uploads_checkpoints_and_card_without_the_token(
     tmp_path, assets, monkeypatch, caplog, capfd
 ):
-    from huggingface_hub import HfApi
-
     secret = "hf_TESTSECRETtokenvalue0123456789"
     monkeypatch.setenv("HF_TOKEN", secret)
     repos, uploads = [], []
@@ -355,21 +282,9 @@ def test_hub_token_in_the_config_is_refused(tmp_path, assets):
 @pytest.mark.slow
 def test_two_processes_log_the_single_process_loss(tmp_path, assets):
     """DDP over 2 CPU processes (gloo) with per-device batch 2 vs one process with batch 4."""
-    section = {
-        "model_name_or_path": str(assets.whisper),
-        "data_dir": str(assets.equal / "data"),
-        "use_candidates": "none",
-        "packing": "off",
-        "max_steps": 3,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "eval_strategy": "no",
-        "load_best_model_at_end": False,
-        "save_strategy": "no",
-        "report_to": [],
-        "final_eval_splits": [],
-        "use_cpu": True,
-    }
+    section = train_section(
+        assets, data_dir=str(assets.equal / "data"), packing="off", max_steps=3, use_cpu=True
+    )
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({"run": {"seed": 0}, "train": section}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}

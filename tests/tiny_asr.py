@@ -17,7 +17,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+from datasets import Dataset, DatasetDict
 from scipy.signal import resample_poly
+from transformers import (
+    AddedToken,
+    GenerationConfig,
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizer,
+)
+from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
 from core import files, schema
 
@@ -70,8 +87,6 @@ def write_prepared(
     output_dir: Path, train: list[dict], test: list[dict], source: list[dict] | None = None
 ) -> Path:
     """<output_dir>/data as the prepare stage writes it."""
-    from datasets import Dataset, DatasetDict
-
     splits = {"target_train": train, "target_test": test, **({"source": source} if source else {})}
     dd = DatasetDict({k: Dataset.from_list(v, features=schema.features()) for k, v in splits.items()})
     files.atomic_save(dd, output_dir / "data")
@@ -82,9 +97,6 @@ def write_prepared(
 # Whisper
 # ---------------------------------------------------------------------------------------------
 def whisper_tokenizer(folder: Path):
-    from transformers import AddedToken, WhisperTokenizer
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
     bytes_to_unicode = _bytes_to_unicode()
     vocab = {ch: i for i, ch in enumerate(bytes_to_unicode.values())}
     specials = [
@@ -124,16 +136,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def tiny_whisper(folder: Path, multilingual: bool = False, max_length: int = 40) -> Path:
     """A 2-layer Whisper (d_model 64) with a byte-level tokenizer, saved like a real checkpoint."""
-    import torch
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-    )
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
     tok, vocab = whisper_tokenizer(folder)
     eot, sot = vocab["<|endoftext|>"], vocab["<|startoftranscript|>"]
     config = WhisperConfig(
@@ -184,15 +186,6 @@ def tiny_whisper(folder: Path, multilingual: bool = False, max_length: int = 40)
 def tiny_wav2vec2(folder: Path) -> Path:
     """A 2-layer Wav2Vec2ForCTC (hidden 32) with an upper-case vocabulary, so training on our
     lower-case text has to build a new vocabulary and head (``ignore_mismatched_sizes``)."""
-    import torch
-    from transformers import (
-        Wav2Vec2Config,
-        Wav2Vec2CTCTokenizer,
-        Wav2Vec2FeatureExtractor,
-        Wav2Vec2ForCTC,
-        Wav2Vec2Processor,
-    )
-
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{chr(ord("A") + i): 3 + i for i in range(26)}, "'": 29}
     (folder / "vocab.json").write_text(json.dumps(vocab))

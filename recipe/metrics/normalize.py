@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cache
 
+from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
+
 
 @cache
 def get_normalizer(language: str = "en") -> Callable[[str], str]:
-    from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
-
     if language.lower() in ("en", "english"):
         # The British->American spelling map lives in the tokenizer's normalizer.json, which
         # offline checkpoints may not ship; EnglishTextNormalizer crashes on None, so pass {}.

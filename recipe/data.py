@@ -1,0 +1,245 @@
+"""What the train stage trains and evaluates on: the parts of the training mix (real target
+speech, the filter's candidates, the source split), their sampling weights and the length guards.
+
+Every part is read from disk in the canonical schema (``core.schema``), where the prepare and
+filter stages wrote it (``core.paths``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import concatenate_datasets
+
+from core import paths, schema
+from core.config import ConfigError, RunArgs
+from core.paths import ExperimentPaths
+from recipe.metrics.normalize import get_normalizer
+from recipe.packing import WindowDataset
+
+logger = logging.getLogger(__name__)
+
+# Canonical columns training reads (plus `generator`/`origin` for the card's data composition).
+TRAIN_COLUMNS = ["id", "audio", "text", "duration", "origin", "generator"]
+
+
+@dataclass
+class Part:
+    """One source of training rows and each row's natural sampling mass (1, or the filter's weight)."""
+
+    name: str
+    rows: object  # datasets.Dataset, audio left as WAV bytes
+    mass: np.ndarray
+
+
+@dataclass
+class TrainingPool:
+    """The rows of every part the model can train on, concatenated, with their sampling weights
+    (None: plain shuffling), and per part the kept row indices and the dropped counts by reason."""
+
+    rows: object  # datasets.Dataset
+    weights: np.ndarray | None
+    kept: dict[str, np.ndarray]
+    dropped: dict[str, dict[str, int]]
+
+
+def data_dir(run: RunArgs, targs) -> Path:
+    """The prepare stage's dataset training reads (train.data_dir, else the experiment's)."""
+    return Path(targs.data_dir or ExperimentPaths.of(run.output_dir).data)
+
+
+def filter_dir(run: RunArgs, targs) -> Path:
+    """The filter stage's folder training reads (train.filter_dir, else the experiment's)."""
+    return Path(targs.filter_dir or ExperimentPaths.of(run.output_dir).filter)
+
+
+def canonical(ds, where: str):
+    """``ds`` reduced to TRAIN_COLUMNS with the canonical features (audio left undecoded)."""
+    missing = [c for c in TRAIN_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise ValueError(
+            f"{where} lacks column(s) {missing}; it must follow core/schema.py (rerun the stage that wrote it)"
+        )
+    ds = schema.without_audio_decoding(ds.select_columns(TRAIN_COLUMNS))
+    target = schema.features()
+    target["audio"] = ds.features["audio"]
+    target = type(target)({c: target[c] for c in TRAIN_COLUMNS})
+    if ds.features != target:  # e.g. duration written as float64: the parts must concatenate
+        logger.info("%s: casting %s to the canonical schema", where, dict(ds.features))
+        ds = ds.cast(target)
+    return ds
+
+
+def normalized_transcripts(rows, language: str, where: str):
+    """``rows`` with every transcript in the scoring normalizer's style (see ``normalize_labels``)."""
+    normalize = get_normalizer(language)
+    old = rows["text"]
+    new = [normalize(t) for t in old]
+    changed = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
+    if changed:
+        logger.info(
+            "normalize_labels: %s: %d of %d transcripts rewritten, e.g. %r -> %r",
+            where,
+            len(changed),
+            len(old),
+            *changed[0],
+        )
+    return rows.remove_columns("text").add_column("text", new).select_columns(TRAIN_COLUMNS)
+
+
+def select_candidates(scored, mode: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the scored candidates for an ablation arm, and their sampling mass.
+
+    ``all``: every candidate; ``random``: a seeded uniform subset as large as the accepted set
+    (the control that separates "more data" from "the filter's choice"); ``weighted``: every
+    candidate with its ``weight`` as mass.
+    """
+    n = len(scored)
+    if mode == "all":
+        return np.arange(n), np.ones(n)
+    if mode == "random":
+        k = int(np.sum(scored["accepted"]))
+        return np.sort(rng.choice(n, size=k, replace=False)), np.ones(k)
+    if mode == "weighted":
+        if "weight" not in scored.column_names:
+            raise ValueError(
+                "the scored candidates have no `weight` column: rerun the filter stage (it writes `weight` in every mode)"
+            )
+        w = np.asarray(scored["weight"], dtype=np.float64)
+        if not np.isfinite(w).all() or np.any(w < 0):
+            raise ValueError("the scored candidates' `weight` column has negative or non-finite values")
+        return np.arange(n), w
+    raise ValueError(f"unknown candidate selection {mode!r}")
+
+
+def _filter_output(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: run the filter stage first, or set use_candidates: none"
+        )
+    return path
+
+
+def load_parts(run: RunArgs, targs, rng: np.random.Generator) -> list[Part]:
+    """The real target split, the selected candidates and (optionally) the source split; with
+    ``normalize_labels`` every transcript in the scoring normalizer's style."""
+    data = data_dir(run, targs)
+    real = canonical(schema.load_split(data, targs.train_split), f"{data}[{targs.train_split}]")
+    parts = [Part("real", real, np.ones(len(real)))]
+    if targs.use_candidates == "accepted":
+        path = _filter_output(filter_dir(run, targs) / paths.ACCEPTED)
+        rows = canonical(schema.load_split(path), str(path))
+        parts.append(Part("candidates", rows, np.ones(len(rows))))
+    elif targs.use_candidates != "none":
+        path = _filter_output(filter_dir(run, targs) / paths.SCORED)
+        scored = schema.load_split(path)
+        idx, mass = select_candidates(scored, targs.use_candidates, rng)
+        parts.append(Part("candidates", canonical(scored, str(path)).select(idx), mass))
+    if targs.use_source:
+        source = canonical(schema.load_split(data, "source"), f"{data}[source]")
+        parts.append(Part("source", source, np.ones(len(source))))
+    if targs.normalize_labels:
+        parts = [Part(p.name, normalized_transcripts(p.rows, targs.language, p.name), p.mass) for p in parts]
+    return parts
+
+
+def mix_weights(masses: dict[str, np.ndarray], ratios: dict[str, float]) -> np.ndarray | None:
+    """Per-row sampling weights over the parts concatenated in ``masses``' order.
+
+    With every ratio 0 each row keeps its natural mass (None when all masses are 1: plain
+    shuffling). Otherwise part k gets ``ratios[k] / sum(ratios)`` of the total mass, spread over
+    its rows in proportion to their natural mass; a part with ratio 0 is not drawn from. The
+    total mass, i.e. the number of draws per pass over the data, stays the natural one.
+    """
+    unknown = [k for k, r in ratios.items() if r and k not in masses]
+    if unknown:
+        raise ConfigError(
+            f"mixing ratio set for {unknown}, which are not in the training mix (parts: {list(masses)})"
+        )
+    if any(r < 0 for r in ratios.values()):
+        raise ConfigError(f"mixing ratios must be >= 0, got {ratios}")
+    total = float(sum(m.sum() for m in masses.values()))
+    if not any(ratios.get(k, 0.0) for k in masses):
+        if all(np.all(m == 1.0) for m in masses.values()):
+            return None
+        return np.concatenate(list(masses.values()))
+    norm = sum(ratios.get(k, 0.0) for k in masses)
+    out = []
+    for k, m in masses.items():
+        share = ratios.get(k, 0.0) / norm
+        out.append(m / m.sum() * share * total if m.sum() > 0 else m)
+    return np.concatenate(out)
+
+
+def apply_guards(asr, rows, targs, what: str) -> tuple[np.ndarray, dict[str, int]]:
+    """Indices of rows the model can train on, and the dropped counts by reason (logged)."""
+    durations = np.asarray(rows["duration"], dtype=np.float64)
+    texts = rows["text"]
+    problems = asr.length_problems(durations, texts, targs)
+    bad = np.zeros(len(rows), dtype=bool)
+    dropped: dict[str, int] = {}
+    for reason, mask in problems.items():
+        new = mask & ~bad  # count each row under its first reason only
+        dropped[reason] = int(new.sum())
+        bad |= mask
+    for reason, n in dropped.items():
+        if n:
+            logger.warning(
+                "%s: dropped %d of %d utterances (%.1f%%): %s",
+                what,
+                n,
+                len(rows),
+                100 * n / len(rows),
+                reason,
+            )
+    logger.info("%s: kept %d of %d utterances", what, int((~bad).sum()), len(rows))
+    return np.flatnonzero(~bad), dropped
+
+
+def training_pool(asr, parts: list[Part], targs) -> TrainingPool:
+    """The guarded rows of every part, with the sampling weights of the mixing shares."""
+    kept, dropped = {}, {}
+    for p in parts:
+        kept[p.name], dropped[p.name] = apply_guards(asr, p.rows, targs, p.name)
+    rows = concatenate_datasets([p.rows.select(kept[p.name]) for p in parts])
+    masses = {p.name: p.mass[kept[p.name]] for p in parts}
+    ratios = {"real": targs.mix_real, "candidates": targs.mix_candidates, "source": targs.mix_source}
+    weights = mix_weights(masses, ratios)
+    if len(rows) == 0:
+        raise ValueError("no training utterance is left after the length guards; see the warnings above")
+    return TrainingPool(rows, weights, kept, dropped)
+
+
+def eval_examples(asr, run: RunArgs, targs) -> tuple[WindowDataset, dict[str, int]]:
+    """The split evaluated during training, one utterance per example (never packed), guarded
+    and capped at ``eval_max_utterances`` by a seeded draw; and its dropped counts."""
+    data = data_dir(run, targs)
+    rows = canonical(schema.load_split(data, targs.eval_split), f"{data}[{targs.eval_split}]")
+    idx, dropped = apply_guards(asr, rows, targs, f"eval {targs.eval_split}")
+    if targs.eval_max_utterances and len(idx) > targs.eval_max_utterances:
+        idx = np.sort(np.random.default_rng(run.seed).choice(idx, targs.eval_max_utterances, replace=False))
+    return WindowDataset(rows, [[int(i)] for i in idx]), dropped
+
+
+def composition(parts: list[Part], kept: dict[str, np.ndarray]) -> dict:
+    """Utterances and hours per part after the guards, and candidates by generator engine."""
+    out: dict = {}
+    for p in parts:
+        rows = p.rows.select(kept[p.name])
+        entry = {"utterances": len(rows), "hours": round(float(np.sum(rows["duration"])) / 3600, 4)}
+        if p.name == "candidates":
+            engines = Counter()
+            for origin, g in zip(rows["origin"], rows["generator"], strict=True):
+                try:
+                    engines[schema.generator_label(origin, json.loads(g or "{}"))] += 1
+                except json.JSONDecodeError:
+                    engines["unknown"] += 1
+            entry["by_generator"] = dict(sorted(engines.items()))
+            entry["by_origin"] = dict(sorted(Counter(rows["origin"]).items()))
+        out[p.name] = entry
+    return out
