@@ -30,13 +30,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
+import torchaudio
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from core import schema  # noqa: E402
-from data_prep.filter.embed import get_embedder  # noqa: E402
+from data_prep.filter.embed import EMBEDDERS, get_embedder  # noqa: E402
 
 RATE = schema.SAMPLE_RATE
 MFCC_TARGET_X = 500.0  # from the issue: mfcc_stats >= 500x real time per core
@@ -46,8 +48,6 @@ def load_audio(limit: int, seed: int) -> tuple[list[np.ndarray], str]:
     root = Path(os.environ.get("ASR_SHARED_DATA", REPO.parent / "shared" / "data")) / "librispeech-excerpts"
     files = sorted(root.glob("*/*.flac"))
     if files:
-        import soundfile as sf
-
         files = files[:limit] if limit else files
         return [sf.read(f, dtype="float32")[0] for f in files], f"{len(files)} LibriSpeech excerpts ({root})"
     rng = np.random.default_rng(seed)
@@ -93,8 +93,6 @@ def measure(
 
 
 def bench_mfcc(clips: list[np.ndarray], batch_size: int) -> list[dict]:
-    import torchaudio
-
     mfcc = torchaudio.transforms.MFCC(
         RATE, n_mfcc=20, melkwargs={"n_fft": 400, "hop_length": 160, "n_mels": 40}
     )
@@ -119,6 +117,7 @@ def bench_speaker(clips: list[np.ndarray], batch_size: int) -> list[dict]:
     except ImportError as err:
         print(f"speaker: skipped ({err})")
         return []
+    # The optional extra `speaker`: importable once get_embedder("speaker") worked.
     from resemblyzer import VoiceEncoder, preprocess_wav
 
     reference = VoiceEncoder("cpu", verbose=False)
@@ -135,6 +134,7 @@ def bench_speaker(clips: list[np.ndarray], batch_size: int) -> list[dict]:
 
 def bench_encoder(clips: list[np.ndarray], batch_size: int, model: str) -> list[dict]:
     if not model:
+        # Imported here: it loads transformers' Whisper classes (about 2 s), needed for this default only.
         from core.checkpoint import CheckpointError, resolve_model
 
         try:
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--embedders",
         nargs="+",
-        default=["mfcc_stats", "speaker", "encoder"],
-        choices=["mfcc_stats", "speaker", "encoder"],
+        default=list(EMBEDDERS),
+        choices=list(EMBEDDERS),
     )
     parser.add_argument(
         "--model", default="", help="Encoder checkpoint folder (default: the converted Whisper tiny.en)."

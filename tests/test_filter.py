@@ -4,6 +4,7 @@ is the target, six voices propose candidates: the filter must pick out the targe
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -13,11 +14,13 @@ import torchaudio.functional as AF
 from conftest import tone
 
 from core import files, schema
-from core.config import parse_args
+from core.config import ConfigError, parse_args, section
 from data_prep.candidates import tts
 from data_prep.candidates.perturb import load_recipe, perturb
+from data_prep.filter.args import FilterArgs
 from data_prep.filter.diagnostics import split_target
-from data_prep.filter.embed import MfccStats
+from data_prep.filter.embed.mfcc import MfccStats
+from data_prep.filter.estimators import ESTIMATORS, get_estimator
 from data_prep.filter.sample import rejection_sample
 from data_prep.filter.stage import make_embedder, run_filter
 
@@ -44,7 +47,7 @@ def save_exp(root, target_rows, candidate_rows, with_test=True):
 
 def filter_stage(exp, *overrides, output_dir=None):
     """Run the stage on ``exp``'s data (its output goes to ``output_dir``, default ``exp``)."""
-    run, args = parse_args(
+    run, *args = parse_args(
         "filter",
         [
             "--output_dir", str(output_dir or exp),
@@ -53,7 +56,7 @@ def filter_stage(exp, *overrides, output_dir=None):
             *overrides,
         ],
     )  # fmt: skip
-    return run_filter(run, args)
+    return run_filter(run, *args)
 
 
 def load_scored(out):
@@ -241,8 +244,30 @@ def test_speaker_embedder_defaults_to_resemblyzer():
     # embedder_model is empty by default: `speaker` must not try to load the encoder's checkpoint
     # name as an x-vector model from the Hub.
     pytest.importorskip("resemblyzer")
-    _, args = parse_args("filter", ["--embedder", "speaker"])
+    _, args, *_ = parse_args("filter", ["--embedder", "speaker"])
     assert type(make_embedder(args)).__name__ == "Resemblyzer"
+
+
+def test_section_keys_come_from_the_stage_and_the_estimator_registry():
+    """The YAML keys of `filter` are a contract with every config file: the estimators' options
+    dataclasses add theirs to FilterArgs', none twice, and `method` offers every registered estimator."""
+    sec = section("filter")
+    names = [f.name for t in sec.types for f in dataclasses.fields(t)]
+    assert len(names) == len(set(names))  # HfArgumentParser needs them unique
+    assert set(names) == {
+        "data_dir", "candidates_dir", "embedder", "embedder_model", "embed_batch_size", "num_proc", "method",
+        "classifier", "folds", "pca_dim", "max_components", "ubm_components", "relevance", "temperature",
+        "policy", "mode", "weight_clip", "heldout_fraction", "threads",
+    }  # fmt: skip
+    method = next(f for f in dataclasses.fields(FilterArgs) if f.name == "method")
+    assert method.metadata["choices"] == list(ESTIMATORS)
+    run, args, *options = parse_args(
+        "filter", ["--method", "gmm_ubm", "--ubm_components", "8", "--folds", "3"]
+    )
+    assert args.method == "gmm_ubm" and {type(o) for o in options} == {c.Options for c in ESTIMATORS.values()}
+    assert get_estimator(args.method, *options).options.ubm_components == 8
+    with pytest.raises(ConfigError, match="unknown command-line"):
+        parse_args("filter", ["--ubm_component", "8"])
 
 
 def test_missing_target_train_names_the_prepare_stage(tmp_path):

@@ -14,15 +14,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import KNeighborsClassifier
 
+from core.seeding import stream_rng
 from data_prep.filter.diagnostics import energy_distance
-from data_prep.filter.ratio import (
-    RatioResult,
-    cross_fit_log_ratio,
-    estimate,
-    estimate_log_ratio,
-    fold_ids,
-    map_adapt_means,
-)
+from data_prep.filter.estimators import ESTIMATORS, RatioResult, estimate, get_estimator
+from data_prep.filter.estimators.classifier import cross_fit_log_ratio, fold_ids
+from data_prep.filter.estimators.gmm_ubm import map_adapt_means
 from data_prep.filter.sample import rejection_sample
 
 MU, COV = np.array([1.0, 0.5]), np.diag([0.5, 1.0])  # target p
@@ -47,7 +43,7 @@ def _distance_reduction(candidates, fresh, log_ratio) -> float:
 
 @pytest.mark.parametrize(
     "method, options",
-    [("classifier", {"model": "quadratic"}), ("gmm", {})],
+    [("classifier", {"classifier": "quadratic"}), ("gmm", {})],
     ids=["classifier-quadratic", "gmm"],
 )
 def test_accepted_set_is_70_percent_closer_to_p(gaussians_2d, method, options):
@@ -68,7 +64,7 @@ def test_linear_classifier_on_a_mean_shift():
     target = rng.normal([0.7, -0.5], 1.0, (2_000, 2))
     candidates = rng.normal(0.0, 1.0, (20_000, 2))
     fresh = rng.normal([0.7, -0.5], 1.0, (3_000, 2))
-    log_ratio = estimate_log_ratio(target, candidates, "classifier", seed=0)
+    log_ratio = estimate(target, candidates, "classifier", seed=0).log_ratio
     assert _distance_reduction(candidates, fresh, log_ratio) >= 0.70
 
 
@@ -129,7 +125,7 @@ def test_calibrated_mlp_recovers_the_ratio():
     constant and needs far more data for a smooth 1-D ratio."""
     rng = np.random.default_rng(16)
     target, candidates = rng.normal(1.0, 1.0, 400), rng.normal(0.0, 1.0, 2_000)
-    result = estimate(target, candidates, "classifier", seed=0, model="mlp")
+    result = estimate(target, candidates, "classifier", seed=0, classifier="mlp")
     assert np.corrcoef(candidates - 0.5, result.log_ratio)[0, 1] > 0.8
     assert 0.65 < result.auc < 0.85  # two unit Gaussians one sd apart: AUC = Phi(1/sqrt 2) = 0.76
     assert np.median(np.abs(result.log_ratio - (candidates - 0.5))) < 0.5
@@ -138,7 +134,7 @@ def test_calibrated_mlp_recovers_the_ratio():
 def test_warns_when_the_sets_barely_overlap(caplog):
     rng = np.random.default_rng(17)
     target, candidates = rng.normal(6.0, 1.0, (300, 2)), rng.normal(0.0, 1.0, (3_000, 2))
-    with caplog.at_level(logging.WARNING, logger="data_prep.filter.ratio"):
+    with caplog.at_level(logging.WARNING, logger="data_prep.filter.estimators"):
         result = estimate(target, candidates, "classifier", seed=0)
     assert result.auc > 0.95
     assert "barely overlap" in result.details["warning"]
@@ -148,7 +144,7 @@ def test_warns_when_the_sets_barely_overlap(caplog):
 def test_no_warning_when_the_sets_overlap(caplog):
     rng = np.random.default_rng(18)
     target, candidates = rng.normal(0.5, 1.0, (300, 2)), rng.normal(0.0, 1.0, (3_000, 2))
-    with caplog.at_level(logging.WARNING, logger="data_prep.filter.ratio"):
+    with caplog.at_level(logging.WARNING, logger="data_prep.filter.estimators"):
         result = estimate(target, candidates, "classifier", seed=0)
     assert result.auc < 0.8 and "warning" not in result.details
     assert not caplog.records
@@ -197,7 +193,7 @@ def test_gmm_small_target_in_high_dimension_still_gets_a_density(caplog):
     (with a warning) rather than refused."""
     rng = np.random.default_rng(23)
     target, candidates = rng.normal(0.5, 1, (100, 32)), rng.normal(0, 1, (3_000, 32))
-    with caplog.at_level(logging.WARNING, logger="data_prep.filter.ratio"):
+    with caplog.at_level(logging.WARNING, logger="data_prep.filter.estimators"):
         result = estimate(target, candidates, "gmm", seed=0)
     assert (result.details["target_gmm"]["components"], result.details["target_gmm"]["covariance"]) == (
         1,
@@ -251,6 +247,67 @@ def test_fold_ids_are_balanced_and_seeded():
     np.testing.assert_array_equal(a, fold_ids(103, 5, np.random.default_rng(0)))
 
 
+def test_without_groups_the_folds_are_the_seeded_random_ones():
+    """groups=None keeps the folds every earlier run used: fold_ids on the `ratio.folds` stream."""
+    rng = np.random.default_rng(24)
+    target, candidates = rng.normal(0.5, 1, (60, 2)), rng.normal(0, 1, (200, 2))
+    result = estimate(target, candidates, "classifier", seed=7)
+    folds_rng = stream_rng(7, "ratio.folds")
+    fold_ids(60, 5, folds_rng)  # the targets' folds are drawn first
+    np.testing.assert_array_equal(result.fold, fold_ids(200, 5, folds_rng))
+
+
+def test_grouped_folds_keep_each_group_whole_and_still_recover_the_ratio():
+    """Copies of one utterance share a group: cross-fitting must never train on one copy and score
+    another. p = N(1,1), q = N(0,1): log r = x - 1/2, whatever the grouping."""
+    rng = np.random.default_rng(25)
+    n_groups = 4_000
+    group_of_base = rng.permutation(n_groups)
+    sizes = rng.integers(1, 6, n_groups)  # 1-5 copies per "utterance"
+    base = rng.normal(0.0, 1.0, n_groups)
+    groups = np.repeat(group_of_base, sizes)
+    candidates = np.repeat(base, sizes) + rng.normal(0.0, 0.01, sizes.sum())  # near-copies
+    target = rng.normal(1.0, 1.0, 1_000)
+    result = estimate(target, candidates, "classifier", seed=0, groups=groups)
+    for g in np.unique(groups)[:500]:
+        assert len(set(result.fold[groups == g])) == 1
+    sizes_per_fold = np.bincount(result.fold)
+    assert len(sizes_per_fold) == 5 and sizes_per_fold.max() - sizes_per_fold.min() <= 5  # largest group
+    slope, intercept = np.polyfit(candidates, result.log_ratio, 1)
+    assert slope == pytest.approx(1.0, abs=0.15) and intercept == pytest.approx(-0.5, abs=0.15)
+    again = estimate(target, candidates, "classifier", seed=0, groups=groups)
+    other = estimate(target, candidates, "classifier", seed=1, groups=groups)
+    np.testing.assert_array_equal(again.fold, result.fold)
+    assert not np.array_equal(other.fold, result.fold)
+    with pytest.raises(ValueError, match="at least 5 groups"):
+        estimate(target, candidates, "classifier", groups=np.arange(len(candidates)) % 3)
+    with pytest.raises(ValueError, match="labels for"):
+        estimate(target, candidates, "classifier", groups=groups[:-1])
+
+
+def test_group_folds_never_score_a_group_with_a_model_that_saw_it():
+    """The spy fails on a scored row that was in its training set; rows of a group are identical,
+    so a group split across folds would be caught."""
+    rng = np.random.default_rng(26)
+    base = rng.normal(0, 1, (300, 3))
+    groups = np.repeat(np.arange(300), 3)
+    candidates = base[groups]  # three identical copies of each point
+    target = rng.normal(0.5, 1, (103, 3))
+    result = cross_fit_log_ratio(target, candidates, _SpyClassifier, folds=5, seed=0, groups=groups)
+    assert np.isfinite(result.log_ratio).all() and set(result.fold) == set(range(5))
+
+
+def test_registry_builds_each_estimator_with_its_own_options():
+    assert list(ESTIMATORS) == ["classifier", "gmm", "gmm_ubm"]
+    e = get_estimator("gmm_ubm", ubm_components=8, pca_dim=2)
+    assert e.frames and e.options.ubm_components == 8 and e.options.relevance == 16.0 and e.pca_dim == 2
+    parsed = [cls.Options() for cls in ESTIMATORS.values()]
+    parsed[0].folds = 3
+    assert get_estimator("classifier", *parsed).options.folds == 3  # picks its own from all of them
+    with pytest.raises(ValueError, match="no option.*ubm_components.*valid options"):
+        get_estimator("classifier", ubm_components=8)
+
+
 def test_bad_inputs_get_clear_errors():
     ok = np.zeros((20, 2))
     with pytest.raises(ValueError, match="same embedder"):
@@ -262,7 +319,7 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="unknown ratio method"):
         estimate(ok, ok, "kde")
     with pytest.raises(ValueError, match="unknown classifier model"):
-        estimate(ok + np.arange(20)[:, None], ok, "classifier", model="svm")
+        estimate(ok + np.arange(20)[:, None], ok, "classifier", classifier="svm")
     with pytest.raises(ValueError, match="folds must be >= 2"):
         estimate(ok, ok, "classifier", folds=1)
     with pytest.raises(ValueError, match="list of per-utterance frame matrices"):

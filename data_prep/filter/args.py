@@ -1,10 +1,11 @@
-"""Arguments of the filter stage (section `filter`)."""
+"""Arguments of the filter stage (section `filter`): the general ones here, each estimator's in its own module."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from core.config import Section, arg
+from data_prep.filter.estimators import ESTIMATORS, option_types
 
 
 @dataclass
@@ -30,22 +31,10 @@ class FilterArgs:
     num_proc: int = arg(1, "Processes computing embeddings (CPU embedders).")
     method: str = arg(
         "classifier",
-        "Ratio estimator: classifier (cross-fitted logistic regression), gmm (two Gaussian mixtures), "
-        "gmm_ubm (frame-level UBM with a MAP-adapted target model).",
-        choices=["classifier", "gmm", "gmm_ubm"],
+        "Ratio estimator: " + ", ".join(f"{name} ({cls.summary})" for name, cls in ESTIMATORS.items()) + ".",
+        choices=list(ESTIMATORS),
     )
-    classifier: str = arg(
-        "logistic", "Classifier of the `classifier` method.", choices=["logistic", "quadratic", "mlp", "gbm"]
-    )
-    folds: int = arg(5, "Cross-fitting folds: each candidate is scored by a model that never saw it.")
     pca_dim: int = arg(0, "Project embeddings onto this many principal components first (0: no PCA).")
-    max_components: int = arg(16, "gmm: most mixture components tried by the BIC search.")
-    ubm_components: int = arg(64, "gmm_ubm: components of the universal background model.")
-    relevance: float = arg(
-        16.0,
-        "gmm_ubm: MAP relevance factor; a component moves toward the target once its soft frame count nears it (Reynolds et al. 2000).",
-    )
-    temperature: float = arg(1.0, "gmm_ubm: multiplies the mean frame log-likelihood ratio to give log r.")
     policy: str = arg(
         "max",
         "The bound M of rejection sampling: `max` (exact: M = max r), `quantile:q` (quasi-rejection: M = q-quantile "
@@ -69,4 +58,6 @@ class FilterArgs:
     )
 
 
-SECTION = Section("filter", (FilterArgs,))
+# The estimators' own keys (classifier, folds, max_components, ubm_components, ...) come from their
+# options dataclasses, so --help lists them and an unknown key stays an error.
+SECTION = Section("filter", (FilterArgs, *option_types()))

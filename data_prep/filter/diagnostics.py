@@ -20,7 +20,8 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from core.seeding import stream_rng
-from data_prep.filter.ratio import as_matrix, make_classifier, subsample
+from data_prep.filter.classifiers import make_classifier
+from data_prep.filter.features import as_matrix, subsample
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,15 @@ def acceptance_rate(accepted) -> float:
     return float(accepted.mean())
 
 
+def pooled_zscores(t: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets in pooled z-scores. The MMD's single RBF bandwidth would otherwise see only the
+    widest features (cepstra in dB span ~100 times the range of pitch in log Hz)."""
+    pooled = np.concatenate([t, c]).astype(np.float64)
+    mean, scale = pooled.mean(0), pooled.std(0)
+    scale[scale == 0] = 1.0
+    return (t - mean) / scale, (c - mean) / scale
+
+
 def effective_sample_size(log_ratio) -> float:
     """(sum r)^2 / sum r^2 over the candidates, in log space: n when all ratios are equal, 1 when one dominates."""
     lr = np.asarray(log_ratio, dtype=np.float64)
@@ -85,7 +95,7 @@ def two_sample_auc(
     """Cross-validated AUC of a fresh classifier telling ``target_heldout`` from ``sample``.
 
     0.5: indistinguishable; 1.0: fully separable. Each set is subsampled to ``max_size``; the AUC
-    is the mean over stratified folds. ``model`` is any of ``ratio.MODELS``; a nonlinear one
+    is the mean over stratified folds. ``model`` is any of ``classifiers.MODELS``; a nonlinear one
     (``gbm``) also sees differences a linear ratio estimator could not correct. None (logged) when
     a set has fewer than 2 points.
     """
