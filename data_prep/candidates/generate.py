@@ -41,7 +41,7 @@ from typing import Any
 from datasets import concatenate_datasets, load_from_disk
 
 from core import files, paths, schema
-from core.config import parse_args, save_resolved
+from core.config import run_stage, save_resolved
 from core.paths import ExperimentPaths
 from data_prep.candidates.perturb import load_recipe
 from data_prep.candidates.plan import plan_jobs
@@ -181,9 +181,7 @@ def generate(run, args) -> dict[str, Any] | None:
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run, args = parse_args("generate", argv, description=__doc__)
-    generate(run, args)
+    run_stage("generate", generate, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from datasets import Value
 from threadpoolctl import threadpool_limits
 
 from core import files, paths, schema
-from core.config import parse_args, save_resolved
+from core.config import run_stage, save_resolved
 from core.paths import ExperimentPaths
 from data_prep.filter.diagnostics import (
     effective_sample_size,
@@ -252,9 +252,7 @@ def run_filter(run, args, *estimator_options) -> dict:
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run, args, *estimator_options = parse_args("filter", argv, description=__doc__)
-    run_filter(run, args, *estimator_options)
+    run_stage("filter", run_filter, argv, __doc__)
 
 
 if __name__ == "__main__":
