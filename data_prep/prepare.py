@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from core import files, schema
 from core.config import run_stage, save_resolved
 from core.paths import ExperimentPaths
+from core.seeding import stream_rng
 from data_prep.leakage import LeakageGuard, normalize_text
 from data_prep.sources import RawUtterance, read_source
 
@@ -142,20 +143,20 @@ def group_key(split_by: str):
     }[split_by]
 
 
-def seeded_groups(rows: list[dict], key, seed: int) -> list:
-    """The distinct groups of ``rows`` in a seeded random order (sorted first, so the order does not
+def seeded_groups(rows: list[dict], key, rng: np.random.Generator) -> list:
+    """The distinct groups of ``rows`` in a random order (sorted first, so the order does not
     depend on the listing's)."""
     groups = sorted({key(r) for r in rows})
-    return [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+    return [groups[i] for i in rng.permutation(len(groups))]
 
 
 def split_target(
-    rows: list[dict], split_by: str, test_fraction: float, seed: int
+    rows: list[dict], split_by: str, test_fraction: float, rng: np.random.Generator
 ) -> tuple[list[dict], list[dict]]:
     """Hold out whole groups (texts, speakers or utterances) so nothing of target_test is seen in
     training: with `text`, every copy of a sentence lands on the same side."""
     key = group_key(split_by)
-    groups = seeded_groups(rows, key, seed)
+    groups = seeded_groups(rows, key, rng)
     n_test = int(round(test_fraction * len(groups)))
     if 0 < test_fraction < 1 and len(groups) > 1:
         n_test = min(max(n_test, 1), len(groups) - 1)  # both splits non-empty when possible
@@ -165,7 +166,9 @@ def split_target(
     return train, test
 
 
-def take_groups(rows: list[dict], split_by: str, n: int, seed: int) -> tuple[list[dict], list[dict]]:
+def take_groups(
+    rows: list[dict], split_by: str, n: int, rng: np.random.Generator
+) -> tuple[list[dict], list[dict]]:
     """Whole groups, in a seeded order, until at least ``n`` utterances are taken (all when fewer
     remain); returns (taken, rest). Used to carve target_dev out of the held-out side."""
     if n <= 0:
@@ -174,7 +177,7 @@ def take_groups(rows: list[dict], split_by: str, n: int, seed: int) -> tuple[lis
     chosen: set = set()
     size = Counter(key(r) for r in rows)
     taken = 0
-    for g in seeded_groups(rows, key, seed):
+    for g in seeded_groups(rows, key, rng):
         if taken >= n:
             break
         chosen.add(g)
@@ -182,10 +185,10 @@ def take_groups(rows: list[dict], split_by: str, n: int, seed: int) -> tuple[lis
     return [r for r in rows if key(r) in chosen], [r for r in rows if key(r) not in chosen]
 
 
-def cap(rows: list[dict], n: int, seed: int) -> tuple[list[dict], int]:
+def cap(rows: list[dict], n: int, rng: np.random.Generator) -> tuple[list[dict], int]:
     if n <= 0 or len(rows) <= n:
         return rows, 0
-    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))
+    keep = np.sort(rng.choice(len(rows), size=n, replace=False))
     return [rows[i] for i in keep], len(rows) - n
 
 
@@ -234,15 +237,17 @@ def prepare(run, args) -> dict:
 
     target = [r for r in rows if is_target(r)]
     source = [r for r in rows if not is_target(r)]
-    train, test = split_target(target, args.split_by, args.test_fraction, run.seed)
-    dev, test = take_groups(test, args.split_by, args.dev_utterances, run.seed + 2)
+    train, test = split_target(
+        target, args.split_by, args.test_fraction, stream_rng(run.seed, "prepare", "split")
+    )
+    dev, test = take_groups(test, args.split_by, args.dev_utterances, stream_rng(run.seed, "prepare", "dev"))
     if args.dev_utterances and not test:
         raise ValueError(
             f"prepare: dev_utterances {args.dev_utterances} took every held-out utterance ({len(dev)}); "
             "lower dev_utterances or raise test_fraction"
         )
-    train, over_train = cap(train, args.max_train_utterances, run.seed)
-    test, over_test = cap(test, args.max_test_utterances, run.seed + 1)
+    train, over_train = cap(train, args.max_train_utterances, stream_rng(run.seed, "prepare", "cap", "train"))
+    test, over_test = cap(test, args.max_test_utterances, stream_rng(run.seed, "prepare", "cap", "test"))
     if over_train:
         dropped["over_max_train_utterances"] += over_train
     if over_test:

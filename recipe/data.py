@@ -19,6 +19,7 @@ from datasets import concatenate_datasets
 from core import paths, schema
 from core.config import ConfigError, RunArgs
 from core.paths import ExperimentPaths
+from core.seeding import stream_rng
 from recipe.metrics.normalize import get_normalizer
 from recipe.packing import WindowDataset
 
@@ -222,7 +223,9 @@ def eval_examples(asr, run: RunArgs, targs) -> tuple[WindowDataset, dict[str, in
     rows = canonical(schema.load_split(data, targs.eval_split), f"{data}[{targs.eval_split}]")
     idx, dropped = apply_guards(asr, rows, targs, f"eval {targs.eval_split}")
     if targs.eval_max_utterances and len(idx) > targs.eval_max_utterances:
-        idx = np.sort(np.random.default_rng(run.seed).choice(idx, targs.eval_max_utterances, replace=False))
+        idx = np.sort(
+            stream_rng(run.seed, "train", "eval_subset").choice(idx, targs.eval_max_utterances, replace=False)
+        )
     return WindowDataset(rows, [[int(i)] for i in idx]), dropped
 
 

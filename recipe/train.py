@@ -23,12 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from transformers.utils import logging as hf_logging
 
 from core import files
 from core.config import LOG_FORMAT, RunArgs, parse_args, save_resolved
 from core.paths import ExperimentPaths
+from core.seeding import derive_seed, stream_rng
 from recipe.card import write_training_card
 from recipe.data import composition, eval_examples, filter_dir, load_parts, training_pool
 from recipe.evaluate import final_evaluation
@@ -62,7 +62,7 @@ def train(run: RunArgs, targs, training_args, argv: list[str]) -> dict:
     out_dir = Path(training_args.output_dir)
 
     # 2. the training mix
-    parts = load_parts(run, targs, np.random.default_rng(run.seed))
+    parts = load_parts(run, targs, stream_rng(run.seed, "train", "candidates"))
     logger.info("training mix: %s", ", ".join(f"{p.name} {len(p.rows)}" for p in parts))
 
     # 3. the model
@@ -73,7 +73,9 @@ def train(run: RunArgs, targs, training_args, argv: list[str]) -> dict:
     pool = training_pool(asr, parts, targs)
 
     # 5. examples
-    train_ds, packing = build_train_examples(asr, pool.rows, pool.weights, targs, run.seed)
+    train_ds, packing = build_train_examples(
+        asr, pool.rows, pool.weights, targs, derive_seed(run.seed, "train", "windows")
+    )
     eval_ds, eval_dropped = None, {}
     if targs.eval_split:
         eval_ds, eval_dropped = eval_examples(asr, run, targs)

@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
+from core.seeding import derive_seed
 from recipe.metrics import load_metric
 from recipe.metrics.normalize import get_normalizer
 
@@ -43,7 +44,7 @@ def recipe_trainer(base: type) -> type:
             ds = train_dataset if train_dataset is not None else self.train_dataset
             weights = getattr(ds, "weights", None)
             if weights is not None:
-                return weighted_sampler(weights, self.args.seed)
+                return weighted_sampler(weights, derive_seed(self.args.seed, "train", "sampler"))
             if (
                 self.args.train_sampling_strategy == "group_by_length"
                 and getattr(ds, "lengths", None) is not None

@@ -248,11 +248,11 @@ def test_fold_ids_are_balanced_and_seeded():
 
 
 def test_without_groups_the_folds_are_the_seeded_random_ones():
-    """groups=None keeps the folds every earlier run used: fold_ids on the `ratio.folds` stream."""
+    """groups=None keeps the seeded random folds: fold_ids on the `filter folds` stream."""
     rng = np.random.default_rng(24)
     target, candidates = rng.normal(0.5, 1, (60, 2)), rng.normal(0, 1, (200, 2))
     result = estimate(target, candidates, "classifier", seed=7)
-    folds_rng = stream_rng(7, "ratio.folds")
+    folds_rng = stream_rng(7, "filter", "folds")
     fold_ids(60, 5, folds_rng)  # the targets' folds are drawn first
     np.testing.assert_array_equal(result.fold, fold_ids(200, 5, folds_rng))
 

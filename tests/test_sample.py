@@ -95,9 +95,9 @@ def test_same_seed_same_ids_and_other_seed_differs(proposals):
 
 
 def test_sampling_stream_is_not_default_rng_of_the_seed():
-    u = stream_rng(0, "rejection_sample").random(1000)
+    u = stream_rng(0, "filter", "accept").random(1000)
     assert not np.allclose(u, np.random.default_rng(0).random(1000))
-    np.testing.assert_array_equal(u, stream_rng(0, "rejection_sample").random(1000))
+    np.testing.assert_array_equal(u, stream_rng(0, "filter", "accept").random(1000))
 
 
 def test_log_space_does_not_overflow():

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from core import schema
-from core.seeding import derive_seed
+from core.seeding import derive_seed, stream_rng
 from data_prep.candidates import tts
 from data_prep.leakage import LeakageGuard, normalize_text
 
@@ -150,13 +150,13 @@ def _tts_jobs(texts: list[str], run_seed: int, args) -> tuple[list[Job], dict[st
         )
         plan["engines"][name] = {"available": True, "voices": voices}
         for voice in voices:
-            rng = np.random.default_rng(derive_seed(run_seed, "texts", name, voice))
+            rng = stream_rng(run_seed, "texts", name, voice)
             n = len(texts) if not args.texts_per_voice else min(args.texts_per_voice, len(texts))
             for i in sorted(rng.choice(len(texts), size=n, replace=False).tolist()):
                 text = texts[i]
                 cid = f"tts-{_slug(name)}-{_slug(voice)}-{hashlib.sha1(normalize_text(text).encode()).hexdigest()[:12]}"
                 seed = derive_seed(run_seed, cid)
-                coin = np.random.default_rng(derive_seed(seed, "perturb?")).random()
+                coin = stream_rng(seed, "perturb?").random()
                 use_recipe = bool(coin < args.perturb_synthetic_prob)
                 jobs.append(
                     Job(
@@ -164,7 +164,7 @@ def _tts_jobs(texts: list[str], run_seed: int, args) -> tuple[list[Job], dict[st
                     )
                 )
     if args.max_synthetic and len(jobs) > args.max_synthetic:
-        rng = np.random.default_rng(derive_seed(run_seed, "max_synthetic"))
+        rng = stream_rng(run_seed, "max_synthetic")
         keep = set(rng.choice(len(jobs), size=args.max_synthetic, replace=False).tolist())
         plan["synthetic_over_cap"] = len(jobs) - len(keep)
         jobs = [j for i, j in enumerate(jobs) if i in keep]

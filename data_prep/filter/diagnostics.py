@@ -55,7 +55,7 @@ def split_target(n: int, heldout_fraction: float = 0.2, seed: int = 0) -> tuple[
         raise ValueError(
             f"cannot hold out {heldout_fraction:.0%} of {n} target points and keep 2 on each side"
         )
-    perm = stream_rng(seed, "diagnostics.split_target").permutation(n)
+    perm = stream_rng(seed, "filter", "heldout").permutation(n)
     return np.sort(perm[n_held:]), np.sort(perm[:n_held])
 
 
@@ -99,7 +99,7 @@ def two_sample_auc(
     (``gbm``) also sees differences a linear ratio estimator could not correct. None (logged) when
     a set has fewer than 2 points.
     """
-    rng = stream_rng(seed, "diagnostics.two_sample_auc")
+    rng = stream_rng(seed, "diagnostics", "auc")
     a = subsample(as_matrix(target_heldout, "target_heldout"), max_size, rng)
     b = subsample(as_matrix(sample, "sample"), max_size, rng)
     folds = min(folds, len(a), len(b))
@@ -128,7 +128,7 @@ def mmd_test(
     of the pooled points, k(a, b) = exp(-|a - b|^2 / (2 sigma^2)). Each set is subsampled to
     ``max_size``. All permutations are scored with one matrix product.
     """
-    rng = stream_rng(seed, "diagnostics.mmd_test")
+    rng = stream_rng(seed, "diagnostics", "mmd")
     a = subsample(as_matrix(x, "x"), max_size, rng)
     b = subsample(as_matrix(y, "y"), max_size, rng)
     m, n = len(a), len(b)
@@ -163,7 +163,7 @@ def energy_distance(x, y, seed: int = 0, max_size: int = ENERGY_MAX_SIZE) -> flo
     """Energy distance sqrt(2 E|X-Y| - E|X-X'| - E|Y-Y'|) between the empirical distributions,
     in any dimension. Same convention as ``scipy.stats.energy_distance`` (which is 1-D only), and
     equal to it in 1-D when no subsampling happens. Zero iff the distributions match."""
-    rng = stream_rng(seed, "diagnostics.energy_distance")
+    rng = stream_rng(seed, "diagnostics", "energy")
     a = subsample(as_matrix(x, "x"), max_size, rng).astype(np.float64)
     b = subsample(as_matrix(y, "y"), max_size, rng).astype(np.float64)
     value = 2 * _mean_distance(a, b) - _mean_distance(a, a) - _mean_distance(b, b)

@@ -37,7 +37,7 @@ def plot_figures(
     plot_ratio_distribution(fig_dir / "ratio_distribution.png", log_ratio, accepted, log_m, weights, mode,
                             target_log_ratio)  # fmt: skip
     written = ["ratio_distribution.png"]
-    rng = stream_rng(seed, "filter.figures")
+    rng = stream_rng(seed, "filter", "figures")
     for kind in KINDS:
         if groups[kind]:
             plot_per_group(fig_dir / f"per_{kind}.png", kind, groups[kind], group_members(keys, kind),

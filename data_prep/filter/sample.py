@@ -79,7 +79,7 @@ def rejection_sample(log_ratio, policy: str = "max", seed: int = 0) -> np.ndarra
     same ones, and a candidate's fate does not depend on how many others there are after it.
     """
     prob, log_m = accept_probabilities(log_ratio, policy)
-    accepted = stream_rng(seed, "rejection_sample").random(len(prob)) < prob
+    accepted = stream_rng(seed, "filter", "accept").random(len(prob)) < prob
     logger.info(
         "rejection sampling (%s, log M = %.3f): accepted %d of %d candidates (%.1f%%), expected %.1f",
         policy,

@@ -68,9 +68,8 @@ class Estimator(abc.ABC):
 
     @staticmethod
     def rng(seed: int) -> np.random.Generator:
-        """The stream for subsampling and PCA; its name predates this package and is kept so a
-        seed still draws the same numbers."""
-        return stream_rng(seed, "ratio.estimate")
+        """The stream for subsampling and PCA."""
+        return stream_rng(seed, "filter", "estimator")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options}, pca_dim={self.pca_dim})"

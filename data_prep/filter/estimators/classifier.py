@@ -112,7 +112,7 @@ def cross_fit_log_ratio(
         )
     if groups is not None and len(groups) != n:
         raise ValueError(f"groups has {len(groups)} labels for {n} candidates")
-    rng = stream_rng(seed, "ratio.folds")
+    rng = stream_rng(seed, "filter", "folds")
     t_fold = fold_ids(m, folds, rng)
     c_fold = fold_ids(n, folds, rng) if groups is None else group_fold_ids(groups, folds, rng)
     dtype = np.result_type(target.dtype, candidates.dtype, np.float32)
