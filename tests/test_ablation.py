@@ -193,12 +193,9 @@ def test_the_filter_is_rerun_for_every_seed_and_each_seed_trains_on_its_own(expe
 
 
 def test_every_trained_arm_draws_the_same_share_of_real_data(experiment):
-    run_ablation(experiment.root, "--seeds", "1", "--mix_real", "0.4")
-    summary = json.loads((experiment.root / "ablation" / "ablation.json").read_text())
-    assert summary["settings"]["mix_real"] == 0.4 and summary["settings"]["augment_real"] is True
-    assert "40% of draws from the real data" in (experiment.root / "ablation" / "ablation.md").read_text()
+    run_ablation(experiment.root, "--seeds", "1")  # the default share, 0.5
     no_guards = SimpleNamespace(length_problems=lambda durations, texts, targs: {})
-    shares = {}
+    shares, real_origins = {}, {}
     for module, argv in experiment.calls:
         if module != "recipe.train":
             continue
@@ -208,11 +205,15 @@ def test_every_trained_arm_draws_the_same_share_of_real_data(experiment):
         n_real = len(pool.kept["real"])
         weights = pool.weights if pool.weights is not None else np.ones(len(pool.rows))
         shares[targs.use_candidates] = weights[:n_real].sum() / weights.sum()
-        # every arm's real part is target_train plus its perturbed copies (augment_real)
-        assert sorted(set(parts[0].rows["origin"])) == ["perturbed", "real"]
+        real_origins[targs.use_candidates] = sorted(set(parts[0].rows["origin"]))
     assert set(shares) == {"none", "all", "random", "accepted", "weighted"}
     assert shares.pop("none") == 1.0
-    assert shares == pytest.approx(dict.fromkeys(shares, 0.4))
+    assert shares == pytest.approx(dict.fromkeys(shares, 0.5))
+    # every arm's real part is target_train plus its perturbed copies (augment_real)
+    assert all(o == ["perturbed", "real"] for o in real_origins.values())
+    summary = json.loads((experiment.root / "ablation" / "ablation.json").read_text())
+    assert summary["settings"]["mix_real"] == 0.5 and summary["settings"]["augment_real"] is True
+    assert "50% of draws from the real data" in (experiment.root / "ablation" / "ablation.md").read_text()
 
 
 def test_arms_that_would_train_on_the_same_data_are_refused(experiment):
