@@ -71,9 +71,8 @@ def summarize(results: dict[str, list[list[dict]]], n_boot: int, seed: int) -> d
                 "p_value": welch["p_value"],
                 "welch_t": welch["t"],
                 "welch_df": welch["df"],
-                "n_boot": n_boot,
             }
-    return {"n_utterances": len(ids), "arms": per_arm, f"{REFERENCE_ARM}_vs": comparisons}
+    return {"n_utterances": len(ids), "n_boot": n_boot, "arms": per_arm, f"{REFERENCE_ARM}_vs": comparisons}
 
 
 def _pct_list(values: list[float]) -> str:
@@ -98,7 +97,7 @@ def to_markdown(summary: dict) -> str:
         )
     notes = [
         f"{summary['n_utterances']} test utterances; negative delta: {REFERENCE_ARM} is better.",
-        METHOD.format(n_boot=next(iter(comps.values()), {}).get("n_boot", "-")),
+        METHOD.format(n_boot=summary["n_boot"]),
     ]
     settings = summary.get("settings")
     if settings:
