@@ -113,9 +113,9 @@ def train_overrides(
     """The train stage's arguments for ``arm``: the candidates differ, the real share and the real
     augmentation are the same in every arm."""
     selection = ARM_CANDIDATES[arm]
-    out = ["--data_dir", str(exp.data), "--use_candidates", selection, "--mix_real", str(args.mix_real)]
+    out = ["--data_dir", str(exp.data), "--use_candidates", selection, "--mix_real", f"{args.mix_real:.10g}"]
     # real_only has no candidate part to give a share to (mix_weights refuses a share for it).
-    out += ["--mix_candidates", "0" if selection == "none" else str(1 - args.mix_real)]
+    out += ["--mix_candidates", "0" if selection == "none" else f"{1 - args.mix_real:.10g}"]
     if selection != "none":
         out += ["--filter_dir", str(filter_dir)]
     out += ["--augment_real", str(augment).lower()]
