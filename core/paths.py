@@ -45,6 +45,10 @@ class ExperimentPaths:
     def candidates_dataset(self) -> Path:
         return self.candidates / CANDIDATES_DATASET
 
+    @property
+    def real_augmented(self) -> Path:
+        return self.candidates / REAL_AUGMENTED
+
     # filter
     @property
     def embeddings(self) -> Path:
@@ -78,8 +82,10 @@ class ExperimentPaths:
         return self.root / ".stages"
 
 
-# What the generate stage writes inside its folder (read by the filter).
+# What the generate stage writes inside its folder: the candidates (read by the filter) and the
+# perturbed copies of target_train (read by train as part of the real data, never filtered).
 CANDIDATES_DATASET = "dataset"
+REAL_AUGMENTED = "real_augmented"
 # What the filter stage writes inside its folder (read by train and the ablation).
 ACCEPTED = "accepted"
 SCORED = "scored"
@@ -106,6 +112,7 @@ def _lookup(paths: ExperimentPaths, name: str) -> Path:
         "data",
         "candidates",
         "candidates_dataset",
+        "real_augmented",
         "embeddings",
         "filter",
         "train",

@@ -1,6 +1,6 @@
 """Stage `ablation`: does the filter help? The same training, arm by arm, seed by seed.
 
-    python -m recipe.ablation --config configs/demo.yaml --seeds 3
+    python -m recipe.ablation --config configs/demo.yaml --seeds 5
 
 Arms (every trained arm uses the `train` section unchanged except the candidate selection):
   zero_shot      the base checkpoint, no training
@@ -11,11 +11,19 @@ Arms (every trained arm uses the `train` section unchanged except the candidate 
   real+accepted  target_train + the filter's accepted candidates
   real+weighted  target_train + every candidate, drawn in proportion to its importance weight
 
-Reads `<output_dir>/data` and `<output_dir>/filter`; writes `<output_dir>/ablation/`: one folder
-per arm and seed (model, train report, hyps), `ablation.json`, `ablation.md` and `ablation.png`.
-Per arm: WER averaged over seeds, its standard deviation over seeds and a bootstrap 95% CI over
-utterances; paired bootstrap of `real+accepted` against every other arm (utterance errors summed
-over seeds, so each comparison pairs the same utterances). A finished run is reused on rerun.
+What may differ between arms is the candidates, nothing else: every arm with candidates draws
+`mix_real` of its training examples from the real data (real_only draws only real data), every
+trained arm gets the same real augmentation (`augment_real`: generate's perturbed copies of
+target_train), and the filter is rerun for every seed, its output under the ablation folder (its
+cross-fitting folds and acceptance draws depend on the seed, so one fixed accepted set against a
+random subset redrawn per seed would compare a constant with a variable). Arms that would train
+on the same data (with filter mode `weights` every candidate is accepted: real+accepted and
+real+random become real+all) are refused.
+
+Reads `<output_dir>/data` and `<output_dir>/candidates`; writes `<output_dir>/ablation/`:
+`filter/seed<S>/` (the filter's run for seed S), one folder per arm and seed (model, train report,
+hyps), `ablation.json`, `ablation.md` and `ablation.png` (statistics: recipe.ablation_report). A
+run finished with the same command is reused on rerun.
 """
 
 from __future__ import annotations
@@ -26,26 +34,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from core import files, paths
-from core.config import LOG_FORMAT, load_yaml, parse_args
+from core.config import LOG_FORMAT, ConfigError, load_yaml, parse_args
 from core.paths import ExperimentPaths
+from recipe.ablation_args import ARM_CANDIDATES, ARMS, REFERENCE_ARM
+from recipe.ablation_report import plot, summarize, to_markdown
 from recipe.evaluate import read_hyps
-from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
 from recipe.train_args import TrainArgs
 
 log = logging.getLogger(__name__)
 
-ARM_CANDIDATES = {
-    "real_only": "none",
-    "real+all": "all",
-    "real+random": "random",
-    "real+accepted": "accepted",
-    "real+weighted": "weighted",
-}
-ARMS = ("zero_shot", *ARM_CANDIDATES)
-REFERENCE_ARM = "real+accepted"
+# The arms that train on every candidate, uniformly, once the filter accepts all of them.
+SAME_WHEN_ALL_ACCEPTED = ("real+all", "real+random", "real+accepted")
+# Beside each run: the command that made it (without the interpreter), so a rerun reuses only
+# the runs of the same command.
+COMMAND_RECORD = "ablation_command.json"
 
 
 def _run(cmd: list[str]) -> None:
@@ -53,148 +56,153 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def run_arm(arm: str, seed: int, cfg: str | None, exp: ExperimentPaths, args) -> Path:
+def _run_once(cmd: list[str], out: Path, result: Path, what: str) -> None:
+    """Run ``cmd`` (writing into ``out``) unless ``result`` exists from the very same command."""
+    record = out / COMMAND_RECORD
+    if result.exists() and record.is_file() and files.read_json(record) == cmd[1:]:
+        log.info("%s: done, reusing %s", what, result)
+        return
+    _run(cmd)
+    files.write_json(cmd[1:], record)
+
+
+def _config(cfg: str | None) -> list[str]:
+    return ["--config", cfg] if cfg else []
+
+
+def run_seed_filter(seed: int, cfg: str | None, exp: ExperimentPaths) -> Path:
+    """The filter stage for ``seed`` on the experiment's data and candidates; returns its folder."""
+    out = exp.ablation / "filter" / f"seed{seed}"
+    filter_dir = ExperimentPaths.of(out).filter
+    cmd = [sys.executable, "-m", "data_prep.filter", *_config(cfg), "--output_dir", str(out)]
+    cmd += ["--seed", str(seed), "--data_dir", str(exp.data), "--candidates_dir", str(exp.candidates_dataset)]
+    # Embeddings do not depend on the seed: every run reads the experiment's cache.
+    cmd += ["--embeddings_dir", str(exp.embeddings)]
+    _run_once(cmd, out, filter_dir / paths.FILTER_REPORT, f"filter seed {seed}")
+    return filter_dir
+
+
+def refuse_duplicate_arms(arms: list[str], seed: int, report: dict) -> None:
+    """Raise when two arms would train on the same data because the filter accepted everything."""
+    if report["n_accepted"] < report["n_candidates"]:
+        return
+    same = [a for a in SAME_WHEN_ALL_ACCEPTED if a in arms]
+    if len(same) < 2:
+        return
+    why = (
+        "filter mode: weights keeps every candidate"
+        if report.get("mode") == "weights"
+        else f"the filter accepted all {report['n_candidates']} candidates for seed {seed}"
+    )
+    keep = [a for a in arms if a not in same or a == REFERENCE_ARM]
+    raise ConfigError(
+        f"arms {same} would train on the same data: {why}, so real+accepted is real+all, and real+random (a "
+        f"random subset as large as the accepted set) is real+all too. Keep one of them in ablation.arms "
+        f"(e.g. --arms {' '.join(keep)}; in weights mode real+weighted is the filter's arm), or set "
+        f"filter.mode: reject (filter.policy sets how many are accepted)."
+    )
+
+
+def arm_dir(exp: ExperimentPaths, arm: str, seed: int) -> Path:
+    return exp.ablation / arm.replace("+", "_") / ("base" if arm == "zero_shot" else f"seed{seed}")
+
+
+def train_overrides(
+    arm: str, args, exp: ExperimentPaths, filter_dir: Path | None, augment: bool
+) -> list[str]:
+    """The train stage's arguments for ``arm``: the candidates differ, the real share and the real
+    augmentation are the same in every arm."""
+    selection = ARM_CANDIDATES[arm]
+    out = ["--data_dir", str(exp.data), "--use_candidates", selection, "--mix_real", f"{args.mix_real:.10g}"]
+    # real_only has no candidate part to give a share to (mix_weights refuses a share for it).
+    out += ["--mix_candidates", "0" if selection == "none" else f"{1 - args.mix_real:.10g}"]
+    if selection != "none":
+        out += ["--filter_dir", str(filter_dir)]
+    out += ["--augment_real", str(augment).lower()]
+    if augment:
+        out += ["--real_augmented_dir", str(exp.real_augmented)]
+    return [*out, "--final_eval_splits", args.split, *args.extra_train_args]
+
+
+def run_arm(
+    arm: str, seed: int, cfg: str | None, exp: ExperimentPaths, args, filter_dir: Path | None, augment: bool
+) -> Path:
     """Train (unless zero-shot) and decode the test split for one arm and seed; returns its hyps.jsonl.
 
     A trained arm's hyps come from the train stage's own final evaluation of the saved model.
     """
-    out = exp.ablation / arm.replace("+", "_") / ("base" if arm == "zero_shot" else f"seed{seed}")
+    out = arm_dir(exp, arm, seed)
     arm_paths = ExperimentPaths.of(out)
     eval_dir = (
         arm_paths.eval(paths.ZERO_SHOT_EVAL) if arm == "zero_shot" else arm_paths.final_eval(args.split)
     )
-    hyps = eval_dir / "hyps.jsonl"
-    if hyps.is_file():
-        log.info("%s seed %d: done, reusing %s", arm, seed, hyps)
-        return hyps
-    common = [*(["--config", cfg] if cfg else []), "--output_dir", str(out), "--seed", str(seed)]
+    common = [*_config(cfg), "--output_dir", str(out), "--seed", str(seed)]
     if arm == "zero_shot":
         cmd = ["recipe.evaluate", "--model", args.base_model, "--eval_name", paths.ZERO_SHOT_EVAL]
         cmd += ["--dataset", str(exp.data), "--split", args.split]
     else:
-        cmd = ["recipe.train", "--data_dir", str(exp.data), "--filter_dir", str(exp.filter)]
-        cmd += [
-            "--use_candidates",
-            ARM_CANDIDATES[arm],
-            "--final_eval_splits",
-            args.split,
-            *args.extra_train_args,
-        ]
-    _run([sys.executable, "-m", cmd[0], *common, *cmd[1:]])
+        cmd = ["recipe.train", *train_overrides(arm, args, exp, filter_dir, augment)]
+    hyps = eval_dir / "hyps.jsonl"
+    _run_once([sys.executable, "-m", cmd[0], *common, *cmd[1:]], out, hyps, f"{arm} seed {seed}")
     return hyps
 
 
-def summarize(results: dict[str, list[list[dict]]], n_boot: int, seed: int) -> dict:
-    """Per-arm WER over seeds and paired comparisons, from each run's hyps.jsonl records."""
-    ids = [r["id"] for r in next(iter(results.values()))[0]]
-    refs = None
-    per_arm = {}
-    for arm, runs in results.items():
-        errs = []
-        for recs in runs:
-            by_id = {r["id"]: r for r in recs}
-            if set(by_id) != set(ids):
-                raise ValueError(f"arm {arm}: a run decoded other utterances than the rest; rerun it")
-            ordered = [by_id[i] for i in ids]
-            refs = [r["ref_norm"] for r in ordered]
-            c = error_counts(refs, [r["hyp_norm"] for r in ordered], "word")
-            errs.append(c.errors)
-            ref_len = c.ref_len
-        errs = np.array(errs)
-        wers = errs.sum(1) / ref_len.sum()
-        # CI of the seed-averaged WER: resample utterances, keep every seed's errors on them.
-        lo, hi = bootstrap_ci(errs.sum(0), ref_len * len(errs), n_boot=n_boot, seed=seed)
-        per_arm[arm] = {
-            "wer_mean": float(wers.mean()),
-            "wer_std_over_seeds": float(wers.std(ddof=1)) if len(wers) > 1 else 0.0,
-            "wer_per_seed": [float(w) for w in wers],
-            "wer_ci": [lo, hi],
-            "n_seeds": len(wers),
-            "_errors": errs,
-            "_ref_len": ref_len,
-        }
-    comparisons = {}
-    if REFERENCE_ARM in per_arm:
-        ref = per_arm[REFERENCE_ARM]
-        n_seeds = ref["n_seeds"]
-        for arm, s in per_arm.items():
-            if arm == REFERENCE_ARM:
-                continue
-            # Scale each arm's summed errors to the same number of seeds (zero-shot has one run).
-            ea = s["_errors"].sum(0) * (n_seeds / s["n_seeds"])
-            comparisons[arm] = paired_bootstrap(
-                ea, ref["_errors"].sum(0), ref["_ref_len"] * n_seeds, n_boot=n_boot, seed=seed
-            )
-    for s in per_arm.values():
-        s.pop("_errors"), s.pop("_ref_len")
-    return {"n_utterances": len(ids), "arms": per_arm, f"{REFERENCE_ARM}_vs": comparisons}
-
-
-def to_markdown(summary: dict) -> str:
-    lines = [
-        f"| arm | WER mean over seeds | 95% CI (utterances) | std over seeds | seeds | {REFERENCE_ARM} minus arm (95% CI) | p |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    comps = summary[f"{REFERENCE_ARM}_vs"]
-    for arm, s in summary["arms"].items():
-        c = comps.get(arm)
-        delta = f"{100 * c['delta']:+.2f} [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]" if c else "-"
-        p = format_p(c["p_value"], c["n_boot"]) if c else "-"
-        lines.append(
-            f"| {arm} | {100 * s['wer_mean']:.2f}% | [{100 * s['wer_ci'][0]:.2f}, {100 * s['wer_ci'][1]:.2f}] | "
-            f"{100 * s['wer_std_over_seeds']:.2f} | {s['n_seeds']} | {delta} | {p} |"
+def check_args(args, exp: ExperimentPaths) -> bool:
+    """Validate the arms and the shares; returns whether the trained arms augment the real data."""
+    unknown = set(args.arms) - set(ARMS)
+    if unknown:
+        raise ConfigError(f"unknown arm(s) {sorted(unknown)}; arms: {list(ARMS)}")
+    if not 0 < args.mix_real < 1:
+        raise ConfigError(
+            f"ablation.mix_real must be within (0, 1), got {args.mix_real}: at 1 the candidate arms would "
+            "be real_only, at 0 they would draw no real data"
         )
-    return (
-        "\n".join(lines)
-        + f"\n\n{summary['n_utterances']} test utterances; negative delta: {REFERENCE_ARM} is better.\n"
-    )
-
-
-def plot(summary: dict, path: Path) -> None:
-    """Bar chart of each arm's mean WER with its CI, one dot per seed."""
-    # Imported here: the backend must be chosen before pyplot is first imported, and only this
-    # figure needs matplotlib (a second or so of start-up the summary does not need).
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arms = list(summary["arms"])
-    means = [100 * summary["arms"][a]["wer_mean"] for a in arms]
-    lo = [m - 100 * summary["arms"][a]["wer_ci"][0] for m, a in zip(means, arms, strict=True)]
-    hi = [100 * summary["arms"][a]["wer_ci"][1] - m for m, a in zip(means, arms, strict=True)]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    colors = ["tab:green" if a == REFERENCE_ARM else "tab:gray" for a in arms]
-    ax.bar(arms, means, yerr=[lo, hi], capsize=4, color=colors)
-    for i, a in enumerate(arms):
-        for w in summary["arms"][a]["wer_per_seed"]:
-            ax.plot(i, 100 * w, "k.", ms=4)
-    ax.set_ylabel("WER on target_test (%)")
-    ax.set_title("Ablation: mean over seeds, 95% bootstrap CI, dots = seeds")
-    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    needs_candidates = any(ARM_CANDIDATES.get(a, "none") != "none" for a in args.arms)
+    if needs_candidates and not exp.candidates_dataset.exists():
+        raise FileNotFoundError(
+            f"{exp.candidates_dataset} not found: run the prepare and generate stages first"
+        )
+    augment = args.augment_real == "on" or (args.augment_real == "auto" and exp.real_augmented.exists())
+    if augment and not exp.real_augmented.exists():
+        raise FileNotFoundError(
+            f"{exp.real_augmented} not found (augment_real: on): run generate with copies_per_utterance > 0"
+        )
+    return augment
 
 
 def ablation(run, args, cfg: str | None) -> dict:
     exp = ExperimentPaths.of(run.output_dir)
-    scored = exp.filter / paths.SCORED
-    if any(a != "zero_shot" and a != "real_only" for a in args.arms) and not scored.exists():
-        raise FileNotFoundError(f"{scored} not found: run the prepare, generate and filter stages first")
-    unknown = set(args.arms) - set(ARMS)
-    if unknown:
-        raise ValueError(f"unknown arm(s) {sorted(unknown)}; arms: {list(ARMS)}")
+    augment = check_args(args, exp)
     if not args.base_model:
         train_cfg = load_yaml(cfg).get("train", {}) if cfg else {}
         args.base_model = train_cfg.get("model_name_or_path", TrainArgs.model_name_or_path)
     seeds = [run.seed + k for k in range(args.seeds)]
+
+    # 1. the filter, once per seed, before any training (a refused arm set costs no training)
+    filters, filter_reports = {}, {}
+    if any(ARM_CANDIDATES.get(a, "none") != "none" for a in args.arms):
+        for s in seeds:
+            filters[s] = run_seed_filter(s, cfg, exp)
+            report = files.read_json(filters[s] / paths.FILTER_REPORT)
+            refuse_duplicate_arms(args.arms, s, report)
+            filter_reports[s] = {k: report.get(k) for k in ("mode", "n_accepted", "n_candidates")}
+
+    # 2. every arm and seed; zero-shot decoding is deterministic, so it runs once
     results = {}
     for arm in args.arms:
-        arm_seeds = seeds[:1] if arm == "zero_shot" else seeds  # zero-shot decoding is deterministic
-        results[arm] = [read_hyps(run_arm(arm, s, cfg, exp, args)) for s in arm_seeds]
+        arm_seeds = seeds[:1] if arm == "zero_shot" else seeds
+        hyps = [run_arm(arm, s, cfg, exp, args, filters.get(s), augment) for s in arm_seeds]
+        results[arm] = [read_hyps(h) for h in hyps]
+
+    # 3. statistics, table and figure
     summary = summarize(results, n_boot=args.bootstrap_samples, seed=run.seed)
     summary["seeds"] = seeds
+    summary["settings"] = {
+        "mix_real": args.mix_real,
+        "augment_real": augment,
+        "extra_train_args": args.extra_train_args,
+        "filter_per_seed": filter_reports,
+    }
     out = exp.ablation
     files.write_json(summary, out / "ablation.json")
     md = to_markdown(summary)

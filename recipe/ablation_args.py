@@ -1,4 +1,4 @@
-"""Arguments of the ablation stage (section `ablation`)."""
+"""Arguments of the ablation stage (section `ablation`) and its arms."""
 
 from __future__ import annotations
 
@@ -6,22 +6,48 @@ from dataclasses import dataclass
 
 from core.config import Section, arg
 
+# The candidate selection (train.use_candidates) of every trained arm.
+ARM_CANDIDATES = {
+    "real_only": "none",
+    "real+all": "all",
+    "real+random": "random",
+    "real+accepted": "accepted",
+    "real+weighted": "weighted",
+}
+ARMS = ("zero_shot", *ARM_CANDIDATES)
+REFERENCE_ARM = "real+accepted"
+
 
 @dataclass
 class AblationArgs:
     arms: list[str] = arg(
-        ["zero_shot", "real_only", "real+all", "real+random", "real+accepted", "real+weighted"],
+        list(ARMS),
         "Arms to run (see recipe/ablation.py): zero_shot, real_only, real+all, real+random, real+accepted, real+weighted.",
     )
-    seeds: int = arg(3, "Training seeds per arm (run.seed, run.seed+1, ...); zero_shot is decoded once.")
+    seeds: int = arg(
+        5,
+        "Seeds per arm (run.seed, run.seed+1, ...): each seed reruns the filter and trains every arm; zero_shot "
+        "is decoded once. Seeds vary more than the gaps between arms, and the seed-level test needs several.",
+    )
     split: str = arg("target_test", "Split every arm is evaluated on.")
     base_model: str = arg(
         "", "The checkpoint of the zero_shot arm; empty: the train section's model_name_or_path."
     )
+    mix_real: float = arg(
+        0.5,
+        "Share of training draws from the real data in every arm with candidates (the candidates get the rest): "
+        "one value for all arms, so they differ only in which candidates fill the other share. Within (0, 1).",
+    )
+    augment_real: str = arg(
+        "auto",
+        "Add generate's perturbed copies of target_train to the real part of every trained arm (train.augment_real): "
+        "on, off, or auto (on when <output_dir>/candidates/real_augmented exists).",
+        choices=["auto", "on", "off"],
+    )
     extra_train_args: list[str] = arg(
         [], "Extra `--key value` arguments for every training run, e.g. `--max_steps 60`."
     )
-    bootstrap_samples: int = arg(2000, "Bootstrap resamples for the CIs and paired p-values.")
+    bootstrap_samples: int = arg(2000, "Resamples of the hierarchical bootstrap (seeds, then utterances).")
 
 
 SECTION = Section("ablation", (AblationArgs,))

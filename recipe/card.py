@@ -176,7 +176,7 @@ def render_card(
     if ex.get("packing"):
         lines += [
             "",
-            f"Packing: {ex['utterances']} utterance draws in {ex['windows']} windows of at most "
+            f"Packing: {ex['utterances']} utterance draws in {ex['windows']} windows per epoch, packed afresh every epoch, of at most "
             f"{train_args.pack_max_seconds:g} s ({ex['utterances_per_window']} per window, {_pct(ex['speech_fill'])}% speech), "
             f"{train_args.pack_gap_seconds:g} s gaps; evaluation is per utterance.",
         ]

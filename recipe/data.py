@@ -59,6 +59,11 @@ def filter_dir(run: RunArgs, targs) -> Path:
     return Path(targs.filter_dir or ExperimentPaths.of(run.output_dir).filter)
 
 
+def real_augmented_dir(run: RunArgs, targs) -> Path:
+    """The generate stage's copies of target_train training reads (train.real_augmented_dir, else the experiment's)."""
+    return Path(targs.real_augmented_dir or ExperimentPaths.of(run.output_dir).real_augmented)
+
+
 def canonical(ds, where: str):
     """``ds`` reduced to TRAIN_COLUMNS with the canonical features (audio left undecoded)."""
     missing = [c for c in TRAIN_COLUMNS if c not in ds.column_names]
@@ -127,10 +132,19 @@ def _filter_output(path: Path) -> Path:
 
 
 def load_parts(run: RunArgs, targs, rng: np.random.Generator) -> list[Part]:
-    """The real target split, the selected candidates and (optionally) the source split; with
-    ``normalize_labels`` every transcript in the scoring normalizer's style."""
+    """The real target split (with ``augment_real``, its perturbed copies too), the selected
+    candidates and (optionally) the source split; with ``normalize_labels`` every transcript in the
+    scoring normalizer's style."""
     data = data_dir(run, targs)
     real = canonical(schema.load_split(data, targs.train_split), f"{data}[{targs.train_split}]")
+    if targs.augment_real:
+        path = real_augmented_dir(run, targs)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist: run the generate stage with copies_per_utterance > 0 (and "
+                "target_copies_as_candidates: false), or set augment_real: false"
+            )
+        real = concatenate_datasets([real, canonical(schema.load_split(path), str(path))])
     parts = [Part("real", real, np.ones(len(real)))]
     if targs.use_candidates == "accepted":
         path = _filter_output(filter_dir(run, targs) / paths.ACCEPTED)
@@ -230,11 +244,12 @@ def eval_examples(asr, run: RunArgs, targs) -> tuple[WindowDataset, dict[str, in
 
 
 def composition(parts: list[Part], kept: dict[str, np.ndarray]) -> dict:
-    """Utterances and hours per part after the guards, and candidates by generator engine."""
+    """Utterances, hours and origins per part after the guards, and candidates by generator engine."""
     out: dict = {}
     for p in parts:
         rows = p.rows.select(kept[p.name])
         entry = {"utterances": len(rows), "hours": round(float(np.sum(rows["duration"])) / 3600, 4)}
+        entry["by_origin"] = dict(sorted(Counter(rows["origin"]).items()))
         if p.name == "candidates":
             engines = Counter()
             for origin, g in zip(rows["origin"], rows["generator"], strict=True):
@@ -243,6 +258,5 @@ def composition(parts: list[Part], kept: dict[str, np.ndarray]) -> dict:
                 except json.JSONDecodeError:
                     engines["unknown"] += 1
             entry["by_generator"] = dict(sorted(engines.items()))
-            entry["by_origin"] = dict(sorted(Counter(rows["origin"]).items()))
         out[p.name] = entry
     return out

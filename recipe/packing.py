@@ -7,6 +7,10 @@ that waste; Whisper was pretrained on 30-s windows holding several sentences, so
 stay in its distribution. An unpacked example is simply a window of one utterance, so the
 trainer, the collators and the samplers see one kind of example either way.
 
+Packed windows are drawn afresh every epoch (``EpochPacker``, seeded by the run and the epoch):
+windows packed once would put the same utterances side by side for the whole run, so every run
+would train on one fixed arrangement of its data on top of its choice of data.
+
 Audio is decoded here, per example, from the WAV bytes of the canonical dataset: nothing
 derived from the audio is stored (the HF example caches 80x3000 floats, ~960 KB, per utterance).
 """
@@ -21,6 +25,7 @@ import torch
 
 from core import schema
 from core.config import ConfigError
+from core.seeding import stream_rng
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +120,8 @@ def concat_audio(arrays: Sequence[np.ndarray], gap_samples: int) -> np.ndarray:
 class WindowDataset(torch.utils.data.Dataset):
     """Examples made of windows of rows of a canonical dataset (audio left as WAV bytes).
 
+    An example is asked for by its index in ``windows`` or, from ``EpochWindowSampler``, by the
+    window itself (a tuple of row indices): that sampler packs each epoch's windows afresh.
     ``weights`` (one per window, optional) are read by the trainer's weighted sampler;
     ``lengths`` (seconds per window) by its length-grouped sampler.
     """
@@ -138,11 +145,85 @@ class WindowDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.windows)
 
-    def __getitem__(self, k: int) -> dict:
-        w = self.windows[k]
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict:
+        w = list(key) if isinstance(key, tuple) else self.windows[key]
         batch = self.rows[w]  # one Arrow read for the whole window
         audio = concat_audio([schema.decode_audio(a) for a in batch["audio"]], self.gap_samples)
         return {"audio": audio, "text": join_transcripts(batch["text"]), "n_utterances": len(w)}
+
+
+class EpochPacker:
+    """The packed windows of every epoch: ``windows(epoch)`` is a fresh seeded draw of the rows
+    (``draw_order``, so weights are realized anew too) packed by next-fit, always ``n_windows``
+    of them, shuffled.
+
+    The count is fixed at epoch 0's because the Trainer derives its steps per epoch (and so how
+    many epochs ``max_steps`` spans) from the dataset's length once: another epoch is packed from
+    as many fresh draws as it takes to fill ``n_windows`` and cut there, so ``max_steps`` and
+    ``num_train_epochs`` keep their meaning. Each pass over the draws keeps its first
+    ``unpacked_share`` alone in a window (the shape evaluation decodes).
+    """
+
+    def __init__(self, asr, pool, weights: np.ndarray | None, targs, seed: int):
+        self.asr, self.weights, self.targs, self.seed = asr, weights, targs, seed
+        self.n = len(pool)
+        self.durations = np.asarray(pool["duration"], dtype=np.float64)
+        self.texts = pool["text"]
+        self.limit = asr.label_limit(targs)
+        # Each utterance's text tokens; the prefix/end tokens are paid once per window.
+        self.overhead = asr.label_overhead()
+        self.tokens = asr.label_lengths(self.texts) - self.overhead
+        self.n_windows = len(self._one_pass(stream_rng(seed, 0), log_splits=True))
+        self._cached: tuple[int, list[list[int]]] | None = None
+
+    def _one_pass(self, rng: np.random.Generator, log_splits: bool = False) -> list[list[int]]:
+        order = draw_order(self.weights, self.n, rng)
+        n_single = int(round(self.targs.unpacked_share * len(order)))
+        self.unpacked_per_pass = n_single  # every pass draws as many rows (n, or the weights' sum)
+        windows = pack_windows(
+            order[n_single:],
+            self.durations,
+            self.tokens,
+            self.targs.pack_max_seconds,
+            self.targs.pack_gap_seconds,
+            self.limit - self.overhead,
+        )
+        joined = [join_transcripts([self.texts[i] for i in w]) for w in windows]
+        windows, n_split = split_oversized(windows, self.asr.label_lengths(joined) > self.limit)
+        if n_split and log_splits:
+            logger.info(
+                "packing: split %d windows whose joined label exceeded %d tokens", n_split, self.limit
+            )
+        return [[int(i)] for i in order[:n_single]] + windows
+
+    def windows(self, epoch: int) -> list[list[int]]:
+        if self._cached is None or self._cached[0] != epoch:
+            rng = stream_rng(self.seed, epoch)
+            out: list[list[int]] = []
+            while len(out) < self.n_windows:
+                out += self._one_pass(rng)
+            out = out[: self.n_windows]
+            self._cached = (epoch, [out[k] for k in rng.permutation(len(out))])
+        return self._cached[1]
+
+
+class EpochWindowSampler(torch.utils.data.Sampler):
+    """Hands the trainer the windows themselves, packed afresh for the epoch the Trainer sets
+    (accelerate's data loader forwards ``set_epoch`` to its sampler, resumed runs included). The
+    same in every process: accelerate shards one shared sequence of batches across them."""
+
+    def __init__(self, packer: EpochPacker):
+        self.packer = packer
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.packer.n_windows
+
+    def __iter__(self):
+        return iter([tuple(w) for w in self.packer.windows(self.epoch)])
 
 
 def packing_summary(
@@ -180,42 +261,31 @@ def use_packing(asr, targs, durations: np.ndarray) -> bool:
 
 def build_train_examples(
     asr, pool, weights: np.ndarray | None, targs, seed: int
-) -> tuple[WindowDataset, dict]:
-    """Windows of pool rows: packed (weights realized by a seeded draw of the rows first) or one
-    utterance each (weights left to the trainer's weighted sampler, fresh draws every epoch)."""
+) -> tuple[WindowDataset, dict, EpochPacker | None]:
+    """Windows of pool rows: packed, with the packer that redraws them every epoch (weights
+    realized by each epoch's draw of the rows), or one utterance each and no packer (weights
+    left to the trainer's weighted sampler, fresh draws every epoch)."""
     durations = np.asarray(pool["duration"], dtype=np.float64)
     if not use_packing(asr, targs, durations):
-        return WindowDataset(pool, [[i] for i in range(len(pool))], weights=weights), {
-            "packing": False,
-            "utterances": len(pool),
-        }
+        examples = WindowDataset(pool, [[i] for i in range(len(pool))], weights=weights)
+        return examples, {"packing": False, "utterances": len(pool)}, None
     if not 0.0 <= targs.unpacked_share <= 1.0:
         raise ConfigError(f"unpacked_share must be within [0, 1], got {targs.unpacked_share}")
-    texts = pool["text"]
-    limit = asr.label_limit(targs)
-    rng = np.random.default_rng(seed)
-    order = draw_order(weights, len(pool), rng)
-    # Each utterance's text tokens; the prefix/end tokens are paid once per window.
-    overhead = asr.label_overhead()
-    tokens = asr.label_lengths(texts) - overhead
-    # The first draws of the seeded order stay alone: windows shaped like evaluation's.
-    n_single = int(round(targs.unpacked_share * len(order)))
-    windows = pack_windows(
-        order[n_single:], durations, tokens, targs.pack_max_seconds, targs.pack_gap_seconds, limit - overhead
-    )
-    joined = [join_transcripts([texts[i] for i in w]) for w in windows]
-    windows, n_split = split_oversized(windows, asr.label_lengths(joined) > limit)
-    if n_split:
-        logger.info("packing: split %d windows whose joined label exceeded %d tokens", n_split, limit)
-    windows = [[int(i)] for i in order[:n_single]] + windows
+    packer = EpochPacker(asr, pool, weights, targs, seed)
+    windows = packer.windows(0)
     summary = packing_summary(windows, durations, targs.pack_gap_seconds, asr.max_input_seconds)
     logger.info(
-        "packing: %d utterance draws into %d windows (%d left alone; %.2f per window, %.0f%% of the encoder's window is speech)",
+        "packing: %d utterance draws into %d windows per epoch, packed afresh every epoch (%d alone; %.2f per "
+        "window, %.0f%% of the encoder's window is speech)",
         summary["utterances"],
         summary["windows"],
-        n_single,
+        packer.unpacked_per_pass,
         summary["utterances_per_window"],
         100 * summary["speech_fill"],
     )
-    summary["unpacked_utterances"] = n_single
-    return WindowDataset(pool, windows, gap_seconds=targs.pack_gap_seconds), {"packing": True, **summary}
+    summary.update(unpacked_utterances=packer.unpacked_per_pass, repacked_every_epoch=True)
+    return (
+        WindowDataset(pool, windows, gap_seconds=targs.pack_gap_seconds),
+        {"packing": True, **summary},
+        packer,
+    )

@@ -5,8 +5,8 @@
 
 Steps: 1. arguments; 2. the training mix (target_train + candidates [+ source], recipe.data);
 3. the model (the only Whisper/CTC branch is recipe.models); 4. length guards, counted and
-logged, and the sampling weights of the mixing shares; 5. examples: packed windows or single
-utterances (recipe.packing); 6. the Trainer (recipe.trainer); 7. training, resumed from the last
+logged, and the sampling weights of the mixing shares; 5. examples: windows packed afresh every
+epoch, or single utterances (recipe.packing); 6. the Trainer (recipe.trainer); 7. training, resumed from the last
 checkpoint; 8. the final model; 9. final evaluation (recipe.evaluate, WER/CER with CIs);
 10. model card (recipe.card) and Hub push (recipe.hub).
 
@@ -73,7 +73,7 @@ def train(run: RunArgs, targs, training_args, argv: list[str]) -> dict:
     pool = training_pool(asr, parts, targs)
 
     # 5. examples
-    train_ds, packing = build_train_examples(
+    train_ds, packing, packer = build_train_examples(
         asr, pool.rows, pool.weights, targs, derive_seed(run.seed, "train", "windows")
     )
     eval_ds, eval_dropped = None, {}
@@ -97,6 +97,7 @@ def train(run: RunArgs, targs, training_args, argv: list[str]) -> dict:
         compute_metrics=make_compute_metrics(asr, targs.language) if eval_ds is not None else None,
         preprocess_logits_for_metrics=asr.preprocess_logits_for_metrics,
         callbacks=[save_config_callback(write_config)],
+        packer=packer,
     )
     if trainer.is_world_process_zero():
         write_config(out_dir / "config.yaml")

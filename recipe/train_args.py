@@ -26,6 +26,15 @@ class TrainArgs:
     eval_max_utterances: int = arg(
         0, "Evaluate at most this many utterances during training (0: all); generation is slow on CPU."
     )
+    augment_real: bool = arg(
+        False,
+        "Add the generate stage's perturbed copies of target_train (real_augmented_dir) to the real part of the "
+        "mix: augmentation of the real data, the same whichever candidates use_candidates selects.",
+    )
+    real_augmented_dir: str = arg(
+        "",
+        "Perturbed copies of target_train written by generate (default: <output_dir>/candidates/real_augmented).",
+    )
     use_source: bool = arg(False, "Also train on the `source` split (non-target real speakers).")
     use_candidates: str = arg(
         "accepted",
@@ -35,7 +44,9 @@ class TrainArgs:
         choices=["none", "accepted", "all", "random", "weighted"],
     )
     mix_real: float = arg(
-        0.0, "Share of training draws from the real target split; all mix_* 0: natural sizes."
+        0.0,
+        "Share of training draws from the real target split (with augment_real, its copies too); all mix_* 0: "
+        "natural sizes.",
     )
     mix_candidates: float = arg(
         0.0, "Share of training draws from candidates (see mix_real); 0 with another share set: none."

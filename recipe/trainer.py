@@ -19,6 +19,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from core.seeding import derive_seed
 from recipe.metrics import load_metric
 from recipe.metrics.normalize import get_normalizer
+from recipe.packing import EpochPacker, EpochWindowSampler
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +36,20 @@ def weighted_sampler(weights: np.ndarray, seed: int) -> WeightedRandomSampler:
 
 
 def recipe_trainer(base: type) -> type:
-    """``base`` (Trainer or Seq2SeqTrainer) with the recipe's samplers: weighted draws when the
-    examples carry weights, length grouping from the examples' known lengths (never by decoding
-    every example to measure it)."""
+    """``base`` (Trainer or Seq2SeqTrainer) with the recipe's samplers: windows packed afresh every
+    epoch when given a ``packer`` (recipe.packing.EpochPacker), weighted draws when the examples
+    carry weights, length grouping from the examples' known lengths (never by decoding every
+    example to measure it)."""
 
     class RecipeTrainer(base):
+        def __init__(self, *args, packer: EpochPacker | None = None, **kwargs):
+            self.packer = packer
+            super().__init__(*args, **kwargs)
+
         def _get_train_sampler(self, train_dataset=None):
             ds = train_dataset if train_dataset is not None else self.train_dataset
+            if self.packer is not None:
+                return EpochWindowSampler(self.packer)
             weights = getattr(ds, "weights", None)
             if weights is not None:
                 return weighted_sampler(weights, derive_seed(self.args.seed, "train", "sampler"))

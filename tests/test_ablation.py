@@ -1,9 +1,24 @@
-"""The ablation's statistics, from hand-made decoding records (no training)."""
+"""The ablation: its statistics from hand-made decoding records, and what it asks each stage to
+run (filter per seed, the same real share in every arm, duplicate arms refused), with the stage
+runs replaced by a fake that writes their outputs (no training)."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from datasets import Dataset
+from scipy import stats
+from tiny_asr import write_prepared
 
-from recipe.ablation import REFERENCE_ARM, plot, summarize, to_markdown
+import recipe.ablation as ra
+from core import files, schema
+from core.config import ConfigError, parse_args
+from core.paths import ExperimentPaths
+from recipe.ablation import REFERENCE_ARM, ablation, plot, summarize, to_markdown
+from recipe.data import load_parts, training_pool
+from recipe.metrics.errors import paired_bootstrap
 
 
 def records(n, error_rate, seed):
@@ -17,7 +32,11 @@ def records(n, error_rate, seed):
     return out
 
 
-def test_summary_means_cis_and_paired_pvalues(tmp_path):
+def word_errors(recs):
+    return np.array([sum(w != "w" for w in r["hyp_norm"].split()) for r in recs])
+
+
+def test_summary_means_cis_and_seed_level_pvalues(tmp_path):
     results = {
         "zero_shot": [records(200, 0.40, 0)],
         "real_only": [records(200, 0.30, s) for s in (1, 2, 3)],
@@ -36,9 +55,33 @@ def test_summary_means_cis_and_paired_pvalues(tmp_path):
     for c in comps.values():  # the reference arm is clearly better than every other
         assert c["delta"] < -0.1 and c["ci_high"] < 0 and c["p_value"] < 0.01
     md = to_markdown(s)
-    assert REFERENCE_ARM in md and "real+random" in md
+    assert REFERENCE_ARM in md and "real+random" in md and "Welch" in md
     plot(s, tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_seed_level_ci_is_wider_than_the_utterance_bootstrap_and_p_is_welchs():
+    """Seeds that disagree: pooling them and resampling utterances only (the old test) is far too
+    sure; the hierarchical bootstrap's CI is wider, and p is Welch's on the per-seed WERs."""
+    ref_rates, arm_rates = (0.10, 0.22, 0.14, 0.30, 0.18), (0.20, 0.12, 0.28, 0.16, 0.25)
+    results = {
+        "zero_shot": [records(300, 0.35, 99)],
+        "real_only": [records(300, r, 10 + k) for k, r in enumerate(arm_rates)],
+        REFERENCE_ARM: [records(300, r, 20 + k) for k, r in enumerate(ref_rates)],
+    }
+    s = summarize(results, n_boot=2000, seed=0)
+    c = s[f"{REFERENCE_ARM}_vs"]["real_only"]
+    ref, arm = (np.array([word_errors(r) for r in results[a]]) for a in (REFERENCE_ARM, "real_only"))
+    ref_len = np.full(300, 5 * len(ref_rates))
+    pooled = paired_bootstrap(arm.sum(0), ref.sum(0), ref_len, n_boot=2000, seed=0)
+    assert c["ci_high"] - c["ci_low"] > 2 * (pooled["ci_high"] - pooled["ci_low"])
+    assert c["ci_low"] < 0 < c["ci_high"]
+    per_seed = {a: s["arms"][a]["wer_per_seed"] for a in s["arms"]}
+    welch = stats.ttest_ind(per_seed[REFERENCE_ARM], per_seed["real_only"], equal_var=False)
+    assert c["p_value"] == pytest.approx(welch.pvalue) and c["welch_t"] == pytest.approx(welch.statistic)
+    # zero-shot is decoded once: a constant, so Welch's test is the one-sample test against it
+    one = stats.ttest_1samp(per_seed[REFERENCE_ARM], per_seed["zero_shot"][0])
+    assert s[f"{REFERENCE_ARM}_vs"]["zero_shot"]["p_value"] == pytest.approx(one.pvalue)
 
 
 def test_equal_arms_are_not_significant():
@@ -54,3 +97,129 @@ def test_runs_must_decode_the_same_utterances():
     results = {"real_only": [records(10, 0.2, 1)], REFERENCE_ARM: [records(9, 0.2, 2)]}
     with pytest.raises(ValueError, match="other utterances"):
         summarize(results, n_boot=10, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the ablation runs, with a fake in place of the stages
+# ---------------------------------------------------------------------------------------------
+def rows(prefix, n, origin="real"):
+    return [
+        schema.make_row(
+            id=f"{prefix}{i}",
+            samples=np.zeros(1600 * (1 + i % 3), np.float32),
+            text=f"{prefix} {i}",
+            origin=origin,
+            parent_id=f"tr{i}" if origin == "perturbed" else "",
+        )
+        for i in range(n)
+    ]
+
+
+def save(rows_, path):
+    files.atomic_save(Dataset.from_list(rows_, features=schema.features()), path)
+
+
+def write_filter(filter_dir, candidates, seed, mode):
+    """A filter stage's output: every candidate scored, a seed-dependent accepted set."""
+    n = len(candidates)
+    accepted = np.ones(n, bool) if mode == "weights" else np.random.default_rng(seed).random(n) < 0.5
+    accepted[0] = True
+    scored = Dataset.from_list(candidates, features=schema.features())
+    for name, values in [("accepted", accepted.tolist()), ("weight", [1.0 + (i % 3) for i in range(n)])]:
+        scored = scored.add_column(name, values)
+    files.atomic_save(scored, filter_dir / "scored")
+    save([r for r, a in zip(candidates, accepted, strict=True) if a], filter_dir / "accepted")
+    report = {"mode": mode, "n_accepted": int(accepted.sum()), "n_candidates": n}
+    files.write_json(report, filter_dir / "filter_report.json")
+
+
+@pytest.fixture
+def experiment(tmp_path, monkeypatch):
+    """Prepared data, candidates, copies of target_train and a fake runner that records every
+    stage command and writes what that stage would."""
+    exp = tmp_path / "exp"
+    test = rows("te", 6)
+    write_prepared(exp, rows("tr", 4), test)
+    candidates = rows("cand", 12, origin="synthetic")
+    save(candidates, exp / "candidates" / "dataset")
+    save(rows("tr", 4, origin="perturbed"), exp / "candidates" / "real_augmented")
+    write_filter(exp / "filter", candidates, 0, "reject")  # the experiment's own filter run
+    calls, state = [], {"mode": "reject"}
+
+    def fake_run(cmd):
+        module, argv = cmd[2], cmd[3:]
+        out = Path(argv[argv.index("--output_dir") + 1])
+        seed = int(argv[argv.index("--seed") + 1])
+        calls.append((module, argv))
+        if module == "data_prep.filter":
+            write_filter(ExperimentPaths.of(out).filter, candidates, seed, state["mode"])
+            return
+        paths = ExperimentPaths.of(out)
+        hyps = paths.eval("zero_shot") if module == "recipe.evaluate" else paths.final_eval("target_test")
+        recs = [{"id": r["id"], "ref_norm": "a b", "hyp_norm": "a b" if seed % 2 else "a c"} for r in test]
+        hyps.mkdir(parents=True, exist_ok=True)
+        (hyps / "hyps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    monkeypatch.setattr(ra, "_run", fake_run)
+    return SimpleNamespace(root=exp, calls=calls, state=state)
+
+
+def run_ablation(exp, *argv):
+    run, args = parse_args("ablation", ["--output_dir", str(exp), "--bootstrap_samples", "50", *argv])
+    return ablation(run, args, None)
+
+
+def value(argv, key):
+    return argv[argv.index(key) + 1]
+
+
+def test_the_filter_is_rerun_for_every_seed_and_each_seed_trains_on_its_own(experiment):
+    run_ablation(experiment.root, "--seeds", "2", "--arms", "real_only", "real+random", "real+accepted")
+    filters = [argv for module, argv in experiment.calls if module == "data_prep.filter"]
+    assert sorted(value(a, "--seed") for a in filters) == ["0", "1"]
+    outputs = {value(a, "--seed"): ExperimentPaths.of(value(a, "--output_dir")).filter for a in filters}
+    assert len(set(outputs.values())) == 2
+    for a in filters:  # the experiment's data and candidates, written under the ablation folder
+        assert value(a, "--data_dir") == str(experiment.root / "data")
+        assert value(a, "--candidates_dir") == str(experiment.root / "candidates" / "dataset")
+        assert Path(value(a, "--output_dir")).is_relative_to(experiment.root / "ablation")
+    trains = [argv for module, argv in experiment.calls if module == "recipe.train"]
+    assert len(trains) == 3 * 2
+    for a in trains:
+        if value(a, "--use_candidates") != "none":
+            assert value(a, "--filter_dir") == str(outputs[value(a, "--seed")])
+    summary = json.loads((experiment.root / "ablation" / "ablation.json").read_text())
+    assert set(summary["settings"]["filter_per_seed"]) == {"0", "1"}
+
+
+def test_every_trained_arm_draws_the_same_share_of_real_data(experiment):
+    run_ablation(experiment.root, "--seeds", "1")  # the default share, 0.5
+    no_guards = SimpleNamespace(length_problems=lambda durations, texts, targs: {})
+    shares, real_origins = {}, {}
+    for module, argv in experiment.calls:
+        if module != "recipe.train":
+            continue
+        run, targs, _ = parse_args("train", argv)
+        parts = load_parts(run, targs, np.random.default_rng(0))
+        pool = training_pool(no_guards, parts, targs)
+        n_real = len(pool.kept["real"])
+        weights = pool.weights if pool.weights is not None else np.ones(len(pool.rows))
+        shares[targs.use_candidates] = weights[:n_real].sum() / weights.sum()
+        real_origins[targs.use_candidates] = sorted(set(parts[0].rows["origin"]))
+    assert set(shares) == {"none", "all", "random", "accepted", "weighted"}
+    assert shares.pop("none") == 1.0
+    assert shares == pytest.approx(dict.fromkeys(shares, 0.5))
+    # every arm's real part is target_train plus its perturbed copies (augment_real)
+    assert all(o == ["perturbed", "real"] for o in real_origins.values())
+    summary = json.loads((experiment.root / "ablation" / "ablation.json").read_text())
+    assert summary["settings"]["mix_real"] == 0.5 and summary["settings"]["augment_real"] is True
+    assert "50% of draws from the real data" in (experiment.root / "ablation" / "ablation.md").read_text()
+
+
+def test_arms_that_would_train_on_the_same_data_are_refused(experiment):
+    experiment.state["mode"] = "weights"  # every candidate accepted
+    with pytest.raises(ConfigError, match=r"real\+all.*real\+random.*real\+accepted.*filter.mode: reject"):
+        run_ablation(experiment.root, "--seeds", "2")
+    assert not [m for m, _ in experiment.calls if m == "recipe.train"]  # refused before any training
+    # without the duplicates the same filter output is fine
+    run_ablation(experiment.root, "--seeds", "2", "--arms", "real_only", "real+accepted", "real+weighted")

@@ -5,7 +5,7 @@ import pytest
 from datasets import Dataset
 from tiny_asr import write_prepared
 
-from core import schema
+from core import files, schema
 from core.config import ConfigError, RunArgs
 from recipe.data import TRAIN_COLUMNS, load_parts, mix_weights, normalized_transcripts, select_candidates
 from recipe.train_args import TrainArgs
@@ -81,3 +81,13 @@ def test_load_parts_reads_the_prepared_splits_and_needs_the_filter(tmp_path):
     assert parts[0].rows.column_names == TRAIN_COLUMNS and np.all(parts[0].mass == 1)
     with pytest.raises(FileNotFoundError, match="run the filter stage first"):
         load_parts(run, TrainArgs(use_candidates="accepted"), np.random.default_rng(0))
+    # augment_real: the generate stage's copies of target_train join the real part, not the candidates
+    with pytest.raises(FileNotFoundError, match="copies_per_utterance"):
+        load_parts(run, TrainArgs(use_candidates="none", augment_real=True), np.random.default_rng(0))
+    copies = [dict(r, id=f"{r['id']}-pert0", origin="perturbed", parent_id=r["id"]) for r in rows]
+    files.atomic_save(
+        Dataset.from_list(copies, features=schema.features()), tmp_path / "candidates" / "real_augmented"
+    )
+    parts = load_parts(run, TrainArgs(use_candidates="none", augment_real=True), np.random.default_rng(0))
+    assert [(p.name, len(p.rows)) for p in parts] == [("real", 6)]
+    assert sorted(parts[0].rows["origin"]) == ["perturbed"] * 3 + ["real"] * 3

@@ -195,6 +195,12 @@ def test_rerun_reads_the_embedding_cache_and_same_seed_accepts_the_same(tones_ex
     assert load_scored(tmp_path / "fresh").select_columns(["id", "accepted"]).to_dict() == {
         "id": before["id"], "accepted": before["accepted"],
     }  # fmt: skip
+    # Another seed in another folder sharing the experiment's cache (the ablation's per-seed runs):
+    # nothing is embedded again, and the seed draws another accepted set.
+    shared = ["--embeddings_dir", str(exp / "embeddings"), "--seed", "1"]
+    filter_stage(exp, *BUDGET, *shared, output_dir=tmp_path / "seed1")
+    assert counter.utterances == N_TARGET + 90
+    assert load_scored(tmp_path / "seed1")["accepted"] != before["accepted"]
 
 
 def test_weights_mode_keeps_everyone_and_diagnoses_the_weighted_set(tones_exp, tmp_path):
@@ -255,7 +261,8 @@ def test_section_keys_come_from_the_stage_and_the_estimator_registry():
     names = [f.name for t in sec.types for f in dataclasses.fields(t)]
     assert len(names) == len(set(names))  # HfArgumentParser needs them unique
     assert set(names) == {
-        "data_dir", "candidates_dir", "embedder", "embedder_model", "embed_batch_size", "num_proc", "method",
+        "data_dir", "candidates_dir", "embedder", "embedder_model", "embeddings_dir", "embed_batch_size",
+        "num_proc", "method",
         "classifier", "folds", "pca_dim", "max_components", "ubm_components", "relevance", "temperature",
         "policy", "mode", "weight_clip", "heldout_fraction", "threads",
     }  # fmt: skip

@@ -148,13 +148,14 @@ def test_candidates_carry_provenance_and_never_a_test_text(exp):
     real |= {r["id"]: r for r in schema.load_split(exp / "data", "source").to_list()}
     perturbed = [r for r in rows if r["origin"] == "perturbed"]
     synthetic = [r for r in rows if r["origin"] == "synthetic"]
-    # 4 train + 2 allowed source utterances (one reads a test text), 2 copies each.
-    assert len(perturbed) == (4 + 2) * 2
+    # 2 allowed source utterances (one reads a test text), 2 copies each; the copies of the 4
+    # train utterances are in real_augmented, not candidates.
+    assert len(perturbed) == 2 * 2
     for r in perturbed:
         parent = real[r["parent_id"]]
         gen = json.loads(r["generator"])
         assert r["text"] == parent["text"] and r["speaker"] == parent["speaker"]
-        assert gen["ops"] and gen["seed"] and gen["source_split"] in ("target_train", "source")
+        assert gen["ops"] and gen["seed"] and gen["source_split"] == "source"
     # Texts: 4 train + corpus lines; refused: 1 test text; duplicates: goodbye; empty line.
     # Allowed: 4 train + "a brand new sentence" + FAIL + SILENT = 7 per voice, 3 voices; the FAIL
     # and SILENT ones fail for every voice.
@@ -170,8 +171,8 @@ def test_candidates_carry_provenance_and_never_a_test_text(exp):
         samples = schema.decode_audio(r["audio"])
         assert abs(len(samples) / schema.SAMPLE_RATE - r["duration"]) < 1e-3
 
-    assert report["candidates"] == len(rows)
-    assert report["by_origin"] == {"perturbed": 12, "synthetic": 15}
+    assert report["candidates"] == len(rows) and report["real_augmented"] == 4 * 2 and report["made"] == 27
+    assert report["by_origin"] == {"perturbed": 4, "synthetic": 15}
     assert report["failures"] == {"synthesis_error": 3, "silent_synthesis": 3}
     assert report["plan"]["texts"]["refused_protected"] == 1 and report["plan"]["texts"]["duplicate"] == 1
     assert report["plan"]["perturb"]["source"]["refused_protected"] == 1
@@ -180,6 +181,23 @@ def test_candidates_carry_provenance_and_never_a_test_text(exp):
     assert report["audio_hours"] > 0 and report["throughput"]["per_engine"][ENGINES[0]] > 0
     assert (exp / "candidates" / "config.yaml").is_file()
     assert json.loads((exp / "candidates" / "report.json").read_text())["candidates"] == len(rows)
+
+
+def test_target_train_copies_are_not_candidates_by_default(exp):
+    """Copies of the training utterances augment the real data in every arm; as candidates they
+    would be what the filter prefers (they resemble their parents) and confound the ablation."""
+    exp, corpus = exp
+    train_ids = set(schema.load_split(exp / "data", "target_train")["id"])
+    run_generate(exp, corpus, "--copies_per_utterance", "2")
+    parents = set(load_candidates(exp)["parent_id"])
+    assert parents and not parents & train_ids  # the source speakers' copies stay candidates
+    augmented = schema.without_audio_decoding(schema.load_split(exp / "candidates" / "real_augmented"))
+    assert sorted(augmented["parent_id"]) == sorted(2 * list(train_ids))
+    assert set(augmented["origin"]) == {"perturbed"}
+    # Asked for, they are candidates as before, and no real_augmented folder is left behind.
+    report = run_generate(exp, corpus, "--copies_per_utterance", "2", "--target_copies_as_candidates", "true")
+    assert train_ids <= set(load_candidates(exp)["parent_id"]) and report["real_augmented"] == 0
+    assert not (exp / "candidates" / "real_augmented").exists()
 
 
 def test_same_seed_same_candidates_other_seed_differs(tmp_path):
@@ -290,7 +308,8 @@ def test_texts_are_normalised_once(exp):
 def test_empty_shards_are_merged_and_no_candidates_is_an_error(exp):
     exp, corpus = exp
     report = run_generate(exp, corpus, "--num_shards", "40")  # 33 jobs: 7 shards stay empty
-    assert report["jobs"] == 33 and len(load_candidates(exp)) == report["candidates"] == 27
+    # 27 made: 8 copies of target_train (real_augmented) and 19 candidates
+    assert report["jobs"] == 33 and len(load_candidates(exp)) == report["candidates"] == 19
     with pytest.raises(RuntimeError, match="no candidate"):
         run_generate(exp, corpus, "--copies_per_utterance", "0", "--voices", "nobody*")
 

@@ -9,6 +9,8 @@ from datasets import Dataset
 from core import schema
 from core.config import ConfigError
 from recipe.packing import (
+    EpochPacker,
+    EpochWindowSampler,
     WindowDataset,
     concat_audio,
     draw_order,
@@ -84,6 +86,7 @@ def test_window_dataset_decodes_and_joins(tmp_path):
     wd = WindowDataset(ds, [[0, 2], [1]], gap_seconds=0.5)
     ex = wd[0]
     assert len(ex["audio"]) == 1600 + 8000 + 4800 and ex["text"] == "word0 word2" and ex["n_utterances"] == 2
+    assert wd[(1, 0)]["text"] == "word1 word0"  # the window itself, as EpochWindowSampler hands it
     assert wd.lengths == pytest.approx([0.1 + 0.5 + 0.3, 0.2])
     s = packing_summary(wd.windows, [0.1, 0.2, 0.3], 0.5, 30.0)
     assert (
@@ -98,3 +101,38 @@ def test_packing_needs_a_fixed_window():
         use_packing(ctc, SimpleNamespace(packing="on"), np.ones(3))
     assert use_packing(whisper, SimpleNamespace(packing="auto"), np.array([2.0, 3.0, 40.0]))
     assert not use_packing(whisper, SimpleNamespace(packing="auto"), np.array([20.0, 25.0]))
+
+
+class CharLabels:
+    """A stand-in for the ASR model's label arithmetic: one token per character, 3 per window."""
+
+    max_input_seconds = 30.0
+
+    def label_limit(self, targs):
+        return targs.max_label_tokens
+
+    def label_overhead(self):
+        return 3
+
+    def label_lengths(self, texts):
+        return np.array([len(t) + 3 for t in texts])
+
+
+def test_windows_are_packed_afresh_every_epoch_at_a_fixed_count():
+    rng = np.random.default_rng(0)
+    n = 60
+    pool = Dataset.from_dict({"duration": rng.uniform(0.5, 6.0, n), "text": [f"utt{i}" for i in range(n)]})
+    targs = SimpleNamespace(
+        unpacked_share=0.2, pack_max_seconds=28.0, pack_gap_seconds=0.6, max_label_tokens=448
+    )
+    packer = EpochPacker(CharLabels(), pool, None, targs, seed=7)
+    e0, e1 = packer.windows(0), packer.windows(1)
+    # Every epoch has the first epoch's number of windows: the Trainer's steps per epoch hold.
+    assert len(e0) == len(e1) == packer.n_windows < n / 2
+    assert sorted(i for w in e0 for i in w) == list(range(n))  # epoch 0 is one pass over the rows
+    assert sorted(map(tuple, e0)) != sorted(map(tuple, e1))  # other neighbours in another epoch
+    assert EpochPacker(CharLabels(), pool, None, targs, seed=7).windows(1) == e1  # seeded by (seed, epoch)
+    sampler = EpochWindowSampler(packer)
+    assert len(sampler) == packer.n_windows and list(sampler) == [tuple(w) for w in e0]
+    sampler.set_epoch(1)
+    assert list(sampler) == [tuple(w) for w in e1]

@@ -1,6 +1,7 @@
 """recipe.train end to end on tiny models and espeak-ng speech: losses fall, resume, Hub push, DDP."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from tiny_asr import ESPEAK, PHRASES, canonical_rows, tiny_wav2vec2, tiny_whispe
 import recipe.train as rt
 from core.config import ConfigError
 from recipe.models import load_asr
+from recipe.packing import WindowDataset
 from recipe.train import main
 from recipe.trainer import weighted_sampler
 
@@ -146,6 +148,25 @@ def test_whisper_loss_decreases_with_packing(tmp_path, assets):
     assert (out.parent / "eval" / "train-target_test" / "results.json").is_file()
 
 
+def test_packed_windows_are_redrawn_every_epoch(tmp_path, assets, monkeypatch):
+    seen = []  # the transcript of every training example the Trainer asks for, in order
+    getitem = WindowDataset.__getitem__
+
+    def record(self, key):
+        example = getitem(self, key)
+        seen.append(example["text"])
+        return example
+
+    monkeypatch.setattr(WindowDataset, "__getitem__", record)
+    out = run_train(tmp_path, assets, num_train_epochs=3, packing="on", pack_max_seconds=6.0)
+    report = json.loads((out / "train_report.json").read_text())
+    n = report["examples"]["windows"]
+    # Every epoch is the first packing's number of windows, so the step count is the usual one.
+    assert len(seen) == 3 * n and report["global_step"] == 3 * math.ceil(n / 2)
+    epochs = [sorted(seen[k * n : (k + 1) * n]) for k in range(3)]
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2] and epochs[0] != epochs[2]
+
+
 def test_ctc_loss_decreases_with_weighted_candidates(tmp_path, assets):
     out = run_train(
         tmp_path,
@@ -188,9 +209,17 @@ def test_ctc_lora_checkpoints_and_merged_final_model(tmp_path, assets):
     )
 
 
-def test_resume_continues_from_the_saved_step(tmp_path, assets, monkeypatch):
+# Packed into 4-s windows: 6 windows, 3 steps per epoch, so step 4 resumes inside the second
+# epoch, whose windows the resumed run must pack exactly as the uninterrupted one did.
+@pytest.mark.parametrize("packing", ["off", "on"])
+def test_resume_continues_from_the_saved_step(tmp_path, assets, monkeypatch, packing):
     common = dict(
-        max_steps=6, packing="off", lr_scheduler_type="constant", save_strategy="steps", save_steps=2
+        max_steps=6,
+        packing=packing,
+        pack_max_seconds=4.0,
+        lr_scheduler_type="constant",
+        save_strategy="steps",
+        save_steps=2,
     )
     straight = losses(run_train(tmp_path / "straight", assets, **common))
 

@@ -31,7 +31,17 @@ class GenerateArgs:
         "Perturbation recipe: a builtin (default, telephone) or a YAML/JSON file (format: data_prep/candidates/perturb/recipes.py).",
     )
     copies_per_utterance: int = arg(
-        2, "Perturbed copies of each real utterance (target_train, and source if included)."
+        2,
+        "Perturbed copies of each real utterance: of source (if included) as candidates, of target_train as "
+        "candidates/real_augmented (see target_copies_as_candidates).",
+    )
+    target_copies_as_candidates: bool = arg(
+        False,
+        "Propose the perturbed copies of target_train as candidates too. Off: they go to "
+        "candidates/real_augmented, never filtered, which train can add to the real part of its mix "
+        "(train.augment_real), the same way in every ablation arm. A copy of a training utterance brings no new "
+        "text and the filter favours it for resembling its own parent, so as a candidate it makes the accepted "
+        "set differ from a random one by how many training copies it holds, not by what the filter adds.",
     )
     perturb_synthetic_prob: float = arg(
         0.5, "Probability that a TTS output is also perturbed with the recipe."

