@@ -93,19 +93,25 @@ class SearchedLogistic(ClassifierMixin, BaseEstimator):
 
     def fit(self, x, y):
         x, y = np.asarray(x), np.asarray(y)
-        splits = list(check_cv(self.cv, y, classifier=True).split(x, y))
-        loss = np.zeros((len(self.directions), len(self.cs)))
+        directions, cs, cv = tuple(self.directions), tuple(self.cs), self.cv
+        if isinstance(cv, int):  # a fold count: no more folds than the rarer class has rows
+            cv = min(cv, int(np.bincount(y.astype(np.int64), minlength=2).min()))
+        if isinstance(cv, int) and cv < 2:  # one row of a class (a tiny diagnostics fold): nothing to validate
+            directions, cs, splits = directions[:1], (1.0,), []
+        else:
+            splits = list(check_cv(cv, y, classifier=True).split(x, y))
+        loss = np.zeros((len(directions), len(cs)))
         for train, val in splits:
-            for i, k in enumerate(self.directions):
+            for i, k in enumerate(directions):
                 features = make_pipeline(QuadraticFeatures(k), StandardScaler()).fit(x[train], y[train])
                 x_train, x_val = features.transform(x[train]), features.transform(x[val])
                 # lbfgs converged within 300 iterations on every standardized fit we ran.
                 fit = LogisticRegression(max_iter=300, warm_start=True)
-                for j, c in enumerate(self.cs):
+                for j, c in enumerate(cs):
                     fit.set_params(C=c).fit(x_train, y[train])
                     loss[i, j] += log_loss(y[val], fit.predict_proba(x_val), labels=[0, 1], normalize=False)
         i, j = np.unravel_index(np.argmin(loss), loss.shape)
-        self.directions_, self.C_ = int(self.directions[i]), float(self.cs[j])
+        self.directions_, self.C_ = int(directions[i]), float(cs[j])
         self.pipeline_ = make_pipeline(
             QuadraticFeatures(self.directions_), StandardScaler(), LogisticRegression(C=self.C_, max_iter=300)
         ).fit(x, y)
