@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import check_cv
 from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 MODELS = ("quadratic", "logistic", "mlp", "gbm")
@@ -163,7 +163,7 @@ def chosen(clf: BaseEstimator) -> dict[str, float] | None:
 def logit(clf: BaseEstimator, x: np.ndarray) -> np.ndarray:
     """logit P(target | x). A logistic regression's decision function is that logit exactly;
     other models give probabilities, clipped so the logit stays finite."""
-    if isinstance(clf, (SearchedLogistic, LogisticRegression)):
+    if isinstance(clf[-1] if isinstance(clf, Pipeline) else clf, (SearchedLogistic, LogisticRegression)):
         return np.asarray(clf.decision_function(x), dtype=np.float64)
     p = np.clip(clf.predict_proba(x)[:, 1].astype(np.float64), PROB_EPS, 1 - PROB_EPS)
     return np.log(p) - np.log1p(-p)

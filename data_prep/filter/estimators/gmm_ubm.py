@@ -1,6 +1,6 @@
 """`gmm_ubm`: a frame-level universal background model with the target model MAP-adapted from it
 (Reynolds, Quatieri & Dunn 2000); an utterance's score is its mean frame log-likelihood ratio,
-turned into a log density ratio by cross-fitted Platt scaling."""
+turned into a log density ratio by cross-fitted logistic calibration on a spline of that score."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.mixture import GaussianMixture
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import SplineTransformer
 
 from core.config import arg
+from data_prep.filter.classifiers import SearchedLogistic, logit
 from data_prep.filter.estimators.base import Estimator, Groups, RatioResult
 from data_prep.filter.estimators.crossfit import FoldSplit, Folds, cross_fit
 from data_prep.filter.estimators.gmm import GMM_REG_COVAR
@@ -26,10 +28,11 @@ logger = logging.getLogger(__name__)
 # Frames used to fit the UBM: 100k frames at 100 frames/s is about 17 minutes of speech, over 10
 # frames per parameter for 64 diagonal components even on 64-d frames.
 UBM_FIT_MAX = 100_000
-CALIBRATIONS = ("platt", "temperature")
-# Inverse L2 strength of the one-dimensional Platt fit: two parameters against hundreds of
-# utterances need no regularization, and a weak one keeps a separable score finite.
-PLATT_C = 1e4
+CALIBRATIONS = ("spline", "temperature")
+# Knots of the calibration spline, at quantiles of the scores: a cubic spline with 5 knots (7
+# coefficients) bends where the mean frame LLR saturates or steepens in the tails (on 1-D frames
+# it is S-shaped in the utterance mean: a linear Platt map misplaced M by nats there).
+SPLINE_KNOTS = 5
 
 
 @dataclass
@@ -40,10 +43,11 @@ class GMMUBMOptions:
         "gmm_ubm: MAP relevance factor; a component moves toward the target once its soft frame count nears it (Reynolds et al. 2000).",
     )
     ubm_calibration: str = arg(
-        "platt",
-        "gmm_ubm: how the mean frame log-likelihood ratio s becomes log r. platt: log r = a s + b + log(n/m), a and b "
-        "fitted by logistic regression of target vs candidates on out-of-fold scores (a log ratio: every policy is "
-        "exact); temperature: log r = temperature x s (an uncalibrated score).",
+        "spline",
+        "gmm_ubm: how the mean frame log-likelihood ratio s becomes log r. spline: log r = g(s) + log(n/m), g a cubic "
+        "spline fitted by logistic regression of target vs candidates on out-of-fold scores (Platt scaling with a "
+        "flexible map: a log ratio, so every policy means what it says); temperature: log r = temperature x s (an "
+        "uncalibrated score).",
         choices=list(CALIBRATIONS),
     )
     temperature: float = arg(
@@ -54,13 +58,13 @@ class GMMUBMOptions:
 class GMMUBM(Estimator):
     """Frames of one utterance are strongly correlated, so summing their log-likelihood ratios (the
     independent-frames likelihood) would be wildly overconfident; the mean is the usual GMM-UBM
-    verification score s. It ranks utterances but is no log ratio: Platt scaling (default) maps it
-    to one, cross-fitted twice over: the UBM and target model of fold k never saw fold k's
+    verification score s. It ranks utterances but is no log ratio: a logistic calibration (default)
+    maps it to one, cross-fitted twice over: the UBM and target model of fold k never saw fold k's
     utterances, and the calibration of fold k is fitted on the other folds' out-of-fold scores.
     """
 
     name = "gmm_ubm"
-    summary = "frame-level UBM with a MAP-adapted target model, Platt-calibrated"
+    summary = "frame-level UBM with a MAP-adapted target model, calibrated to a log ratio"
     Options = GMMUBMOptions
     frames = True
 
@@ -102,7 +106,7 @@ class GMMUBM(Estimator):
             info = {"ubm_fit_frames": len(fit), "ubm_converged": bool(ubm.converged_), "target_frames": len(t_fit)}
             return t_score, c_score, info
 
-        calibrate = platt_log_ratio if opts.ubm_calibration == "platt" else _temperature(opts.temperature)
+        calibrate = spline_log_ratio if opts.ubm_calibration == "spline" else _temperature(opts.temperature)
         result = cross_fit(folds, fit_fold, "gmm-ubm cross-fit", calibrate)
         result.details.update(
             ubm_components=opts.ubm_components, relevance=opts.relevance, calibration_method=opts.ubm_calibration,
@@ -125,23 +129,30 @@ def mean_frame_llr(ubm, adapted, frames, owner, lengths, utterances: np.ndarray)
     return np.add.reduceat(llr, np.r_[0, np.cumsum(counts)[:-1]]) / counts
 
 
-def platt_log_ratio(folds: Folds, t_score: np.ndarray, c_score: np.ndarray):
-    """log r = a s + b + log(n_k / m_k) for the points of fold k, with a and b from a logistic
-    regression of target vs candidates on the out-of-fold scores of the *other* folds (n_k, m_k
-    their counts: the prior correction, as for the classifier)."""
+def spline_log_ratio(folds: Folds, t_score: np.ndarray, c_score: np.ndarray):
+    """log r = g(s) + log(n_k / m_k) for the points of fold k, g a cubic spline of the score (linear
+    beyond the outer knots) fitted by logistic regression of target vs candidates on the
+    out-of-fold scores of the *other* folds, its L2 strength chosen by cross-validated log-loss
+    (n_k, m_k their counts: the prior correction, as for the classifier)."""
+    t_score, c_score = t_score.copy(), c_score.copy()
+    for k in range(folds.count):  # each fold's UBM scores on its own scale: put them on q's
+        t_in, c_in = folds.target == k, folds.candidates == k
+        if c_in.sum() >= 2:
+            center, spread = np.mean(c_score[c_in]), np.std(c_score[c_in]) or 1.0
+            t_score[t_in], c_score[c_in] = (t_score[t_in] - center) / spread, (c_score[c_in] - center) / spread
     t_lr, c_lr = np.empty_like(t_score), np.empty_like(c_score)
-    slopes, intercepts = [], []
+    strengths = []
     for k in range(folds.count):
         t_in, c_in = folds.target == k, folds.candidates == k
         s = np.r_[t_score[~t_in], c_score[~c_in]][:, None]
         y = np.r_[np.ones((~t_in).sum()), np.zeros((~c_in).sum())]
-        platt = LogisticRegression(C=PLATT_C).fit(s, y)
+        spline = SplineTransformer(n_knots=SPLINE_KNOTS, knots="quantile", extrapolation="linear")
+        fit = make_pipeline(spline, SearchedLogistic(directions=(0,))).fit(s, y)
         correction = math.log((~c_in).sum() / (~t_in).sum())
-        t_lr[t_in] = platt.decision_function(t_score[t_in, None]) + correction
-        c_lr[c_in] = platt.decision_function(c_score[c_in, None]) + correction
-        slopes.append(float(platt.coef_[0, 0]))
-        intercepts.append(float(platt.intercept_[0] + correction))
-    return t_lr, c_lr, {"method": "platt", "slope": slopes, "intercept": intercepts}
+        t_lr[t_in] = logit(fit, t_score[t_in, None]) + correction
+        c_lr[c_in] = logit(fit, c_score[c_in, None]) + correction
+        strengths.append(fit[-1].C_)
+    return t_lr, c_lr, {"method": "spline", "C": strengths}
 
 
 def _temperature(temperature: float):
