@@ -19,10 +19,12 @@ MODELS = ("quadratic", "logistic", "mlp", "gbm")
 # Probabilities from calibrated models (MLP, GBM) are clipped here before the logit, so |logit| <= 27.6:
 # beyond that the ratio is infinite for every practical purpose and float rounding decides the rest.
 PROB_EPS = 1e-12
-# Inverse regularization strengths tried by cross-validation, a decade apart, on standardized
-# features: 1e-4 flattens the ratio to a constant for a few hundred rows (the prior-only model),
-# 100 leaves a 100k-row fit effectively unregularized.
-CS = np.logspace(-4, 2, 7)
+# Inverse regularization strengths tried by cross-validation, half a decade apart, on
+# standardized features: 1e-4 flattens the ratio to a constant for a few hundred rows (the
+# prior-only model), 100 leaves a 100k-row fit effectively unregularized. A decade apart was too
+# coarse: on 64 targets in 81-d two folds jumped from C = 0.01 to 0.1 and their log r spread from
+# 0.6 to 1.6 nats (the true 1.0), and that one fold's maximum then set M for everybody.
+CS = np.logspace(-4, 2, 13)
 # Folds of that cross-validation (and of the Platt calibration of `mlp`/`gbm`) when the caller
 # gives no splits: each fit keeps 2/3 of the rows.
 INNER_FOLDS = 3
