@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tone
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
+from test_filter import filter_stage, save_exp
 
+from core import schema
 from data_prep.filter.estimators import Groups, estimate
 from data_prep.filter.estimators.classifier import cross_fit_log_ratio
 from data_prep.filter.estimators.crossfit import Folds, grouped_fold_ids, ratio_skill
@@ -81,7 +84,11 @@ def _copies_setup(frames: bool, d: int, m: int, seed: int):
         return [c + 0.5 * rng.standard_normal((20, d)) for c in centers] if frames else centers
 
     def copy(x):
-        return [u + 0.05 * rng.standard_normal(u.shape) for u in x] if frames else x + 0.05 * rng.standard_normal(x.shape)
+        return (
+            [u + 0.05 * rng.standard_normal(u.shape) for u in x]
+            if frames
+            else x + 0.05 * rng.standard_normal(x.shape)
+        )
 
     a, b = utterances(rng.normal(mu, 1, (m, d))), utterances(rng.normal(mu, 1, (m, d)))
     others = utterances(rng.normal(0, 1, (2_000, d)))
@@ -106,7 +113,9 @@ def test_copies_of_seen_and_unseen_parents_score_alike(method, d, m, options):
     a, b, candidates, labels = _copies_setup(method == "gmm_ubm", d, m, seed=0)
     seen_minus_unseen, copy_minus_parent = [], []
     for target, name, own in ((a, "a", slice(0, m)), (b, "b", slice(m, 2 * m))):
-        result = estimate(target, candidates, method, seed=0, groups=Groups(_labels(name, m), labels), **options)
+        result = estimate(
+            target, candidates, method, seed=0, groups=Groups(_labels(name, m), labels), **options
+        )
         other = slice(m, 2 * m) if name == "a" else slice(0, m)
         seen_minus_unseen.append(result.log_ratio[own].mean() - result.log_ratio[other].mean())
         # Paired: a copy and its parent sit in one fold, so one model scores both, never having seen either.
@@ -175,3 +184,31 @@ def test_seeds_change_the_accepted_set():
             assert both < min(sets[i].sum(), sets[j].sum())  # another seed, another set
             expected = (probs[i] * probs[j]).sum()
             assert abs(both - expected) < 0.1 * expected + 4 * np.sqrt(expected)
+
+
+def test_stage_without_skill_draws_uniformly_and_diagnoses_both_spaces(tmp_path):
+    """Target and candidates: tones of one distribution (p = q). The stage reports the skill, falls
+    back to a uniform draw with weight 1 and says why; with PCA the diagnostics are measured in the
+    estimator's 4-d space as well as in the 81-d embedding space."""
+    rng = np.random.default_rng(40)
+
+    def rows(prefix, n, origin):
+        generator = {} if origin == "real" else {"engine": "fake", "voice": "same", "ops": []}
+        out = []
+        for i in range(n):
+            x = tone(rng.uniform(0.6, 1.0), freq=rng.uniform(140, 170), seed=int(rng.integers(1 << 30)))
+            out.append(schema.make_row(id=f"{prefix}{i}", samples=x, text=f"{prefix} {i}", speaker="tgt",
+                                       origin=origin, generator=generator))  # fmt: skip
+        return out
+
+    exp = save_exp(tmp_path / "exp", rows("t", 40, "real"), rows("c", 120, "synthetic"))
+    report = filter_stage(exp, "--pca_dim", "4", output_dir=tmp_path / "out")
+    assert report["sampling"] == "uniform (no skill)" and not report["skill"]["significant"]
+    assert "no cross-fitted skill" in report["warning"]
+    scored = schema.load_split(tmp_path / "out" / "filter" / "scored")
+    prob = np.array(scored["accept_prob"])
+    assert np.ptp(prob) == 0 and np.all(np.array(scored["weight"]) == 1.0)
+    assert np.ptp(scored["log_ratio"]) > 0  # the estimated ratios are kept, for the record
+    space = report["diagnostics_estimator_space"]
+    assert space["space"] == "embedding, 4 balanced principal components"
+    assert space["auc_target_vs_candidates"] is not None and space["mmd2_target_vs_candidates"] is not None

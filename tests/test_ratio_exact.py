@@ -26,7 +26,9 @@ def test_pca_keeps_a_low_variance_separating_direction():
     reduced = estimate(target, candidates, "classifier", seed=0, pca_dim=3)
     assert full.auc > 0.95
     assert reduced.auc == pytest.approx(full.auc, abs=0.02)
-    loadings = reduced.space(np.eye(10)) - reduced.space(np.zeros((1, 10)))  # each axis's unit vector, projected
+    loadings = reduced.space(np.eye(10)) - reduced.space(
+        np.zeros((1, 10))
+    )  # each axis's unit vector, projected
     assert np.abs(loadings[9]).max() > 0.9  # dim 9 is (nearly) one of the components
 
 

@@ -38,7 +38,9 @@ def test_max_policy_is_exact_rejection_sampling(proposals):
     # The same test has power: the proposals themselves are far from p.
     assert stats.kstest(x, P.cdf).pvalue < 1e-6
     sup = np.log(2) + 1 / 6
-    assert accept_probabilities(lr, "max", max_truncation=0)[1] == pytest.approx(sup, abs=1e-3)  # the sample max
+    assert accept_probabilities(lr, "max", max_truncation=0)[1] == pytest.approx(
+        sup, abs=1e-3
+    )  # the sample max
     # The winner's-curse guard lowers M a little below the true sup (r is flat near its maximum:
     # truncating 1% of the mass costs 0.05 nats here) and accepts that much more.
     _, log_m = accept_probabilities(lr, "max")

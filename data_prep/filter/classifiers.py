@@ -98,7 +98,8 @@ class SearchedLogistic(ClassifierMixin, BaseEstimator):
         directions, cs, cv = tuple(self.directions), tuple(self.cs), self.cv
         if isinstance(cv, int):  # a fold count: no more folds than the rarer class has rows
             cv = min(cv, int(np.bincount(y.astype(np.int64), minlength=2).min()))
-        if isinstance(cv, int) and cv < 2:  # one row of a class (a tiny diagnostics fold): nothing to validate
+        if isinstance(cv, int) and cv < 2:
+            # One row of a class (a tiny diagnostics fold): nothing to validate on; linear, C = 1.
             directions, cs, splits = directions[:1], (1.0,), []
         else:
             splits = list(check_cv(cv, y, classifier=True).split(x, y))
@@ -127,7 +128,9 @@ class SearchedLogistic(ClassifierMixin, BaseEstimator):
         return self.pipeline_.predict_proba(x)
 
 
-def make_classifier(model: str = "quadratic", seed: int = 0, calibrated: bool = True, cv=INNER_FOLDS) -> BaseEstimator:
+def make_classifier(
+    model: str = "quadratic", seed: int = 0, calibrated: bool = True, cv=INNER_FOLDS
+) -> BaseEstimator:
     """An unfitted binary classifier (class 1 = target) whose probabilities are calibrated.
 
     ``quadratic`` and ``logistic`` are :class:`SearchedLogistic`, with and without the option of

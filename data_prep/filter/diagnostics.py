@@ -210,7 +210,9 @@ def filter_diagnostics(
     return report
 
 
-def sample_comparison(target_heldout, candidates, accepted, seed: int = 0, model: str = "logistic") -> dict[str, Any]:
+def sample_comparison(
+    target_heldout, candidates, accepted, seed: int = 0, model: str = "logistic"
+) -> dict[str, Any]:
     """Held-out target vs all candidates and vs the accepted ones: two-sample AUC, MMD^2 and its
     p-value, and ``closer_to_target`` (the accepted set's AUC nearer 0.5). The part of
     :func:`filter_diagnostics` that depends on the space, so it can be measured in several."""

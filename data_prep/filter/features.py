@@ -95,7 +95,10 @@ def maybe_pca(
     # The covariance of the half-half mixture of the two sets: each set's own spread plus the
     # between-set difference, from every target and up to FIT_MAX candidates (rather than a
     # balanced subsample, which would keep only as many candidates as there are targets).
-    t_fit, c_fit = subsample(t, FIT_MAX, rng).astype(np.float64), subsample(c, FIT_MAX, rng).astype(np.float64)
+    t_fit, c_fit = (
+        subsample(t, FIT_MAX, rng).astype(np.float64),
+        subsample(c, FIT_MAX, rng).astype(np.float64),
+    )
     t_mean, c_mean = t_fit.mean(axis=0), c_fit.mean(axis=0)
     between = np.outer(t_mean - c_mean, t_mean - c_mean)
     spread = [np.atleast_2d(np.cov(x, rowvar=False, bias=True)) for x in (t_fit, c_fit)]
@@ -111,7 +114,11 @@ def maybe_pca(
         ]
         return np.concatenate(chunks)
 
-    info = {"dim": dim, "explained_variance": explained, "fitted_on": "balanced mixture of targets and candidates"}
+    info = {
+        "dim": dim,
+        "explained_variance": explained,
+        "fitted_on": "balanced mixture of targets and candidates",
+    }
     return project(t), project(c), info, project
 
 

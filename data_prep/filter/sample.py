@@ -96,7 +96,12 @@ def accept_probabilities(
 
 
 def rejection_sample(
-    log_ratio, policy: str = "max", seed: int = 0, *, max_truncation: float = MAX_TRUNCATION, uniform: bool = False
+    log_ratio,
+    policy: str = "max",
+    seed: int = 0,
+    *,
+    max_truncation: float = MAX_TRUNCATION,
+    uniform: bool = False,
 ) -> np.ndarray:
     """Boolean mask of accepted candidates: u_i < min(1, r_i/M) with u_i ~ U(0,1) drawn from ``seed``
     (through :func:`stream_rng`, so not the stream ``default_rng(seed)`` gives elsewhere).

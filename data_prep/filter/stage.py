@@ -195,7 +195,9 @@ def run_filter(run, args, *estimator_options) -> dict:
             held_e, cand_e = pooled_zscores(
                 estimator_space(_rows(t_in, held_idx), result.space), estimator_space(c_in, result.space)
             )
-            in_space = sample_comparison(held_e, cand_e[in_diagnostics], diag_sample[in_diagnostics], run.seed)
+            in_space = sample_comparison(
+                held_e, cand_e[in_diagnostics], diag_sample[in_diagnostics], run.seed
+            )
         else:
             in_space = {k: v for k, v in diag.items() if k.startswith(("auc_", "mmd", "closer"))}
         in_space["space"] = _space_name(estimator, result.details.get("pca"))

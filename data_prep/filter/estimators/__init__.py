@@ -62,4 +62,6 @@ def estimate(
 ) -> RatioResult:
     """log r for every candidate with ``method``'s ``fit_score`` (arguments there); ``options``
     are fields of its options dataclass."""
-    return get_estimator(method, pca_dim=pca_dim, folds=folds, **options).fit_score(target, candidates, groups, seed)
+    return get_estimator(method, pca_dim=pca_dim, folds=folds, **options).fit_score(
+        target, candidates, groups, seed
+    )

@@ -23,7 +23,7 @@ from core.config import arg
 from core.seeding import derive_seed, stream_rng
 from data_prep.filter.classifiers import INNER_FOLDS, MODELS, chosen, logit, make_classifier
 from data_prep.filter.estimators.base import Estimator, Groups, RatioResult
-from data_prep.filter.estimators.crossfit import FoldSplit, Folds, cross_fit
+from data_prep.filter.estimators.crossfit import Folds, FoldSplit, cross_fit
 from data_prep.filter.features import SCORE_CHUNK, embedding_inputs, pooled_standardization
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,9 @@ class Classifier(Estimator):
         return result
 
 
-def cross_fit_log_ratio(target, candidates, make_model, folds: int = 5, seed: int = 0, groups=None) -> RatioResult:
+def cross_fit_log_ratio(
+    target, candidates, make_model, folds: int = 5, seed: int = 0, groups=None
+) -> RatioResult:
     """K-fold cross-fitted classifier log ratio.
 
     ``make_model(cv)`` returns a fresh unfitted binary classifier with ``predict_proba`` (or a
@@ -116,5 +118,7 @@ def cross_fit_log_ratio(target, candidates, make_model, folds: int = 5, seed: in
     result = cross_fit(split_folds, fit_fold, "classifier cross-fit")
     not_converged = sum(result.details["not_converged"])
     if not_converged:
-        logger.warning("%d fits in %d folds did not converge; their ratios are less reliable", not_converged, folds)
+        logger.warning(
+            "%d fits in %d folds did not converge; their ratios are less reliable", not_converged, folds
+        )
     return result

@@ -72,7 +72,9 @@ class Folds:
         return FoldSplit(k, np.flatnonzero(t != k), np.flatnonzero(c != k), np.flatnonzero(t == k),
                          np.flatnonzero(c == k))  # fmt: skip
 
-    def inner(self, t_rows: np.ndarray, c_rows: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def inner(
+        self, t_rows: np.ndarray, c_rows: np.ndarray, folds: int, seed: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """(train, test) positions over the stacked rows [targets ``t_rows``; candidates ``c_rows``]
         for a model's own cross-validation inside a training fold, with the same grouping."""
         rng = stream_rng(seed, "filter", "inner folds")
@@ -167,7 +169,10 @@ def cross_fit(folds: Folds, fit_fold: FitFold, desc: str, calibrate: Calibrate |
     calibration = None
     if calibrate is not None:
         target_log_ratio, log_ratio, calibration = calibrate(folds, target_log_ratio, log_ratio)
-    fold_auc = [_auc(target_log_ratio[folds.target == k], log_ratio[folds.candidates == k]) for k in range(folds.count)]
+    fold_auc = [
+        _auc(target_log_ratio[folds.target == k], log_ratio[folds.candidates == k])
+        for k in range(folds.count)
+    ]
     valid = [a for a in fold_auc if not math.isnan(a)]
     auc = float(np.mean(valid)) if valid else None
     skill = ratio_skill(target_log_ratio, log_ratio)

@@ -17,7 +17,7 @@ from sklearn.mixture import GaussianMixture
 
 from core.config import arg
 from data_prep.filter.estimators.base import Estimator, Groups, RatioResult
-from data_prep.filter.estimators.crossfit import FoldSplit, Folds, cross_fit
+from data_prep.filter.estimators.crossfit import Folds, FoldSplit, cross_fit
 from data_prep.filter.features import (
     FIT_MAX,
     SCORE_CHUNK,

@@ -19,7 +19,7 @@ from sklearn.preprocessing import SplineTransformer
 from core.config import arg
 from data_prep.filter.classifiers import SearchedLogistic, logit
 from data_prep.filter.estimators.base import Estimator, Groups, RatioResult
-from data_prep.filter.estimators.crossfit import FoldSplit, Folds, cross_fit
+from data_prep.filter.estimators.crossfit import Folds, FoldSplit, cross_fit
 from data_prep.filter.estimators.gmm import GMM_REG_COVAR
 from data_prep.filter.features import SCORE_CHUNK, frame_inputs, pooled_standardization, subsample
 
@@ -51,7 +51,8 @@ class GMMUBMOptions:
         choices=list(CALIBRATIONS),
     )
     temperature: float = arg(
-        1.0, "gmm_ubm with ubm_calibration temperature: multiplies the mean frame log-likelihood ratio to give log r."
+        1.0,
+        "gmm_ubm with ubm_calibration temperature: multiplies the mean frame log-likelihood ratio to give log r.",
     )
 
 
@@ -81,7 +82,10 @@ class GMMUBM(Estimator):
         mean, scale = pooled_standardization(t_frames, c_frames)
         t_frames, c_frames = (t_frames - mean) / scale, (c_frames - mean) / scale
         # The utterance each frame belongs to, to pick a fold's frames with one mask.
-        t_owner, c_owner = np.repeat(np.arange(len(t_lengths)), t_lengths), np.repeat(np.arange(len(c_lengths)), c_lengths)
+        t_owner, c_owner = (
+            np.repeat(np.arange(len(t_lengths)), t_lengths),
+            np.repeat(np.arange(len(c_lengths)), c_lengths),
+        )
         m, n = len(t_lengths), len(c_lengths)
         folds = Folds.make(m, n, self.folds, Groups.coerce(groups, m, n), seed)
 
@@ -103,7 +107,11 @@ class GMMUBM(Estimator):
             adapted = map_adapt_means(ubm, t_fit, opts.relevance)
             t_score = mean_frame_llr(ubm, adapted, t_frames, t_owner, t_lengths, split.t_held)
             c_score = mean_frame_llr(ubm, adapted, c_frames, c_owner, c_lengths, split.c_held)
-            info = {"ubm_fit_frames": len(fit), "ubm_converged": bool(ubm.converged_), "target_frames": len(t_fit)}
+            info = {
+                "ubm_fit_frames": len(fit),
+                "ubm_converged": bool(ubm.converged_),
+                "target_frames": len(t_fit),
+            }
             return t_score, c_score, info
 
         calibrate = spline_log_ratio if opts.ubm_calibration == "spline" else _temperature(opts.temperature)
@@ -139,7 +147,10 @@ def spline_log_ratio(folds: Folds, t_score: np.ndarray, c_score: np.ndarray):
         t_in, c_in = folds.target == k, folds.candidates == k
         if c_in.sum() >= 2:
             center, spread = np.mean(c_score[c_in]), np.std(c_score[c_in]) or 1.0
-            t_score[t_in], c_score[c_in] = (t_score[t_in] - center) / spread, (c_score[c_in] - center) / spread
+            t_score[t_in], c_score[c_in] = (
+                (t_score[t_in] - center) / spread,
+                (c_score[c_in] - center) / spread,
+            )
     t_lr, c_lr = np.empty_like(t_score), np.empty_like(c_score)
     strengths = []
     for k in range(folds.count):
@@ -157,7 +168,11 @@ def spline_log_ratio(folds: Folds, t_score: np.ndarray, c_score: np.ndarray):
 
 def _temperature(temperature: float):
     def scale(folds: Folds, t_score: np.ndarray, c_score: np.ndarray):
-        return temperature * t_score, temperature * c_score, {"method": "temperature", "temperature": temperature}
+        return (
+            temperature * t_score,
+            temperature * c_score,
+            {"method": "temperature", "temperature": temperature},
+        )
 
     return scale
 
