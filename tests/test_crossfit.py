@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import tone
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.linear_model import LogisticRegression
 from test_filter import filter_stage, save_exp
+from test_ratio import SpyClassifier
 
 from core import schema
 from data_prep.filter.estimators import Groups, estimate
@@ -47,21 +46,6 @@ def test_groups_from_dataset_columns():
     assert g.target.tolist() == ["t0", "t1"] and g.candidates.tolist() == ["t0", "tts-3", "t1"]
 
 
-class _SpyClassifier(ClassifierMixin, BaseEstimator):
-    """Logistic regression that fails if asked to score a row it was trained on."""
-
-    def fit(self, x, y):
-        self.seen_ = {row.tobytes() for row in x}
-        self.model_ = LogisticRegression().fit(x, y)
-        self.classes_ = self.model_.classes_
-        return self
-
-    def predict_proba(self, x):
-        leaked = sum(row.tobytes() in self.seen_ for row in x)
-        assert leaked == 0, f"{leaked} scored rows were in this model's training set"
-        return self.model_.predict_proba(x)
-
-
 def test_exact_copies_of_targets_are_never_scored_by_a_model_that_saw_their_parent():
     """Candidates that are exact copies of target rows: the spy fails if any copy's parent was in
     the training set of the model that scores it (random folds would do that 4 times in 5)."""
@@ -70,7 +54,7 @@ def test_exact_copies_of_targets_are_never_scored_by_a_model_that_saw_their_pare
     parents = rng.choice(150, 200)
     candidates = np.r_[target[parents], rng.normal(0, 1, (800, 3))]
     groups = Groups(_labels("t", 150), np.r_[_labels("t", 150)[parents], _labels("c", 800)])
-    result = cross_fit_log_ratio(target, candidates, lambda cv: _SpyClassifier(), seed=0, groups=groups)
+    result = cross_fit_log_ratio(target, candidates, lambda cv: SpyClassifier(), seed=0, groups=groups)
     assert np.isfinite(result.log_ratio).all() and result.details["grouped_folds"] is True
 
 

@@ -84,7 +84,7 @@ def test_prior_correction_with_imbalanced_sets():
     np.testing.assert_allclose(result.details["log_prior_correction"], np.log(n_train / m_train), atol=1e-9)
 
 
-class _SpyClassifier(ClassifierMixin, BaseEstimator):
+class SpyClassifier(ClassifierMixin, BaseEstimator):
     """Logistic regression that fails if asked to score a row it was trained on."""
 
     def fit(self, x, y):
@@ -102,7 +102,7 @@ class _SpyClassifier(ClassifierMixin, BaseEstimator):
 def test_cross_fitting_never_scores_a_point_with_its_own_model():
     rng = np.random.default_rng(14)
     target, candidates = rng.normal(0.5, 1, (103, 3)), rng.normal(0, 1, (1_009, 3))
-    result = cross_fit_log_ratio(target, candidates, lambda cv: _SpyClassifier(), folds=5, seed=0)
+    result = cross_fit_log_ratio(target, candidates, lambda cv: SpyClassifier(), folds=5, seed=0)
     assert np.isfinite(result.log_ratio).all() and np.isfinite(result.target_log_ratio).all()
     assert set(result.fold) == set(range(5))
     sizes = np.bincount(result.fold)
@@ -313,7 +313,7 @@ def test_group_folds_never_score_a_group_with_a_model_that_saw_it():
     target = rng.normal(0.5, 1, (103, 3))
     labels = Groups(np.arange(300, 403), groups)
     result = cross_fit_log_ratio(
-        target, candidates, lambda cv: _SpyClassifier(), folds=5, seed=0, groups=labels
+        target, candidates, lambda cv: SpyClassifier(), folds=5, seed=0, groups=labels
     )
     assert np.isfinite(result.log_ratio).all() and set(result.fold) == set(range(5))
 
