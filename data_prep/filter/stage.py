@@ -257,6 +257,11 @@ def run_filter(run, args, *estimator_options) -> dict:
             f"{result.skill['gain_se']:.4f} nats over r = 1): they are noise, so every candidate got the same "
             f"acceptance probability ({prob[0]:.3f}, the count policy {args.policy} expected) and weight 1."
         )
+        if result.auc is not None and result.auc > 0.6:  # ranks well, yet its magnitudes lose to r = 1
+            warnings.append(
+                f"They do rank the candidates (out-of-fold AUC {result.auc:.3f}) but their magnitudes are "
+                "overconfident: the default classifier (calibrated) or a lower pca_dim should keep that ranking."
+            )
     elif diag["ess"] < MIN_ESS:
         warnings.append(
             f"ESS {diag['ess']:.1f} of {len(cands)} candidates: a few ratios dominate (often an overfitted estimator), "
