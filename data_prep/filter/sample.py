@@ -18,7 +18,11 @@ one lucky estimate. ``max`` therefore lowers M to the smallest bound that trunca
 accepted distribution, min(r, M) q / Z, by at most eps in total variation from the one M = max r
 gives (the trade-off: a bias of at most eps against an acceptance rate no longer set by the single
 most overestimated candidate). Near a smooth maximum of r the top candidates' ratios barely
-differ, so exact ratios lose little (measured: 1-D narrow target, see tests/test_ratio.py).
+differ, so exact ratios lose little. Measured on p = N(0, 0.5^2) inside q = N(0.3, 1.2^2) (plus
+seven N(0, 1) dimensions in 8-D), 3,000 targets, 5,000 candidates, five draws: with the exact ratio
+eps = 1% accepted 4% more at an unchanged energy distance to p (1-D 0.0188 -> 0.0189, 8-D 0.053);
+with the estimated ratio in 8-D, M = max r accepted 936 (the exact ratio 1,998) at distance 0.073,
+eps = 0.1% 1,373 at 0.061, eps = 1% 1,803 at 0.051.
 
 When the estimator has no skill (its cross-fitted log-loss is not significantly better than no
 ratio at all), ``uniform`` replaces the probabilities by their mean: every candidate equally
@@ -40,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 POLICIES = ("max", "quantile:q", "budget:N")
 # The `max` policy's truncation bound eps: at most 1% of the accepted distribution's mass moved (in
-# total variation), which on a 1-D narrow target lowered log M by 0.05 with exact ratios and kept
-# tens of percent more candidates with estimated ones (tests/test_ratio.py measures both).
+# total variation). With exact ratios that cost nothing measurable; with estimated ones in 8-D it
+# nearly doubled the accepted set back to the exact ratio's size (figures in the docstring above).
 MAX_TRUNCATION = 0.01
 # Default cap of an importance weight, in units of the mean weight. Since every weight is then
 # at most `clip` times the mean, the effective sample size (sum w)^2 / sum w^2 is at least n/clip:
