@@ -154,10 +154,15 @@ def test_outputs(tones_exp):
         len(accepted) / 90
     )
     assert 1.0 <= report["ess"] <= 90
-    assert ("warning" in report) == (report["ess"] < 10 or report["crossfit_auc"] > 0.95)
+    assert ("warning" in report) == (
+        report["ess"] < 10 or report["crossfit_auc"] > 0.95 or report["sampling"] != "ratio"
+    )
+    assert report["estimator"]["grouped_folds"] is True and report["skill"]["skill"] > 0
     for key in ("auc_target_vs_candidates", "auc_target_vs_accepted", "mmd2_target_vs_candidates",
                 "mmd_p_target_vs_candidates", "mmd2_target_vs_accepted", "mmd_p_target_vs_accepted", "crossfit_auc"):  # fmt: skip
         assert report[key] is not None, key
+        if not key.startswith("crossfit"):  # no PCA: the estimator's space is the embedding space
+            assert report["diagnostics_estimator_space"][key] == report[key]
     assert 0 < report["mmd_p_target_vs_candidates"] <= 1
     gen = report["per_group"]["generator"]
     assert {g: s["candidates"] for g, s in gen.items()} == {"fake": 60, "perturbed:target_train": 30}
@@ -228,8 +233,9 @@ def test_gmm_estimators_run_through_the_stage(tones_exp, tmp_path, method, optio
     exp, _, _ = tones_exp
     report = filter_stage(exp, "--method", method, *options, output_dir=tmp_path)
     scored = load_scored(tmp_path)
-    assert set(scored["fold"]) == {-1} and report["crossfit_auc"] is None  # not cross-fitted
+    assert set(scored["fold"]) == set(range(5)) and report["crossfit_auc"] is not None  # cross-fitted too
     assert report["estimator"]["method"] == method and report["auc_target_vs_candidates"] is not None
+    assert report["estimator"]["grouped_folds"] is True and "skill" in report
     log_ratio = np.array(scored["log_ratio"])
     assert np.isfinite(log_ratio).all() and np.ptp(log_ratio) > 0
     if method == "gmm":
@@ -244,6 +250,9 @@ def test_gmm_estimators_run_through_the_stage(tones_exp, tmp_path, method, optio
         # adaptation says little; the speech tests below check what gmm_ubm selects.
         assert report["estimator"]["relevance"] == 4.0 and report["estimator"]["ubm_components"] == 8
         assert list((tmp_path / "embeddings").glob("*/*.frames.npz"))  # frame features are cached too
+        # Measured on the mean frames as well as on the embeddings.
+        assert report["diagnostics_estimator_space"]["space"] == "mean frame"
+        assert report["diagnostics_estimator_space"]["auc_target_vs_candidates"] is not None
 
 
 def test_speaker_embedder_defaults_to_resemblyzer():
@@ -265,6 +274,7 @@ def test_section_keys_come_from_the_stage_and_the_estimator_registry():
         "num_proc", "method",
         "classifier", "folds", "pca_dim", "max_components", "ubm_components", "relevance", "temperature",
         "policy", "mode", "weight_clip", "heldout_fraction", "threads",
+        "max_truncation", "ubm_calibration",  # added with grouped cross-fitting for every estimator
     }  # fmt: skip
     method = next(f for f in dataclasses.fields(FilterArgs) if f.name == "method")
     assert method.metadata["choices"] == list(ESTIMATORS)

@@ -37,9 +37,31 @@ def test_max_policy_is_exact_rejection_sampling(proposals):
     assert stats.kstest(x[accepted], P.cdf).pvalue > 0.01
     # The same test has power: the proposals themselves are far from p.
     assert stats.kstest(x, P.cdf).pvalue < 1e-6
+    sup = np.log(2) + 1 / 6
+    assert accept_probabilities(lr, "max", max_truncation=0)[1] == pytest.approx(
+        sup, abs=1e-3
+    )  # the sample max
+    # The winner's-curse guard lowers M a little below the true sup (r is flat near its maximum:
+    # truncating 1% of the mass costs 0.05 nats here) and accepts that much more.
     _, log_m = accept_probabilities(lr, "max")
-    assert log_m == pytest.approx(np.log(2) + 1 / 6, abs=1e-3)  # the sample max sits at the true sup
+    assert sup - 0.1 < log_m < sup
     assert accepted.mean() == pytest.approx(np.exp(-log_m), rel=0.05)
+
+
+def test_max_guard_truncates_at_most_its_share_of_the_ratio_mass(proposals):
+    _, lr = proposals
+    r = np.exp(lr)
+    for eps in (0.001, 0.01, 0.1):
+        _, log_m = accept_probabilities(lr, "max", max_truncation=eps)
+        excess = np.maximum(r - np.exp(log_m), 0).sum() / r.sum()
+        assert excess == pytest.approx(eps, rel=1e-6)  # the smallest M within the bound: exactly at it
+    # One wildly overestimated ratio (the winner's curse at its worst) no longer sets M for everybody,
+    # as long as it carries less than the truncated share of the mass.
+    outlier = np.r_[lr, lr.max() + 3.0]
+    assert accept_probabilities(outlier, "max")[1] < lr.max()
+    assert accept_probabilities(outlier, "max", max_truncation=0)[1] == lr.max() + 3.0
+    with pytest.raises(ValueError, match="max_truncation"):
+        accept_probabilities(lr, "max", max_truncation=1.0)
 
 
 def test_quantile_policy_accepts_more_and_is_not_exact(proposals):
@@ -54,7 +76,7 @@ def test_quantile_policy_accepts_more_and_is_not_exact(proposals):
     ks_quasi = stats.kstest(x[accepted], P.cdf)
     assert ks_quasi.statistic < stats.kstest(x, P.cdf).statistic
     assert ks_quasi.pvalue < 0.01
-    assert accept_probabilities(lr, "quantile:1")[1] == accept_probabilities(lr, "max")[1]
+    assert accept_probabilities(lr, "quantile:1")[1] == accept_probabilities(lr, "max", max_truncation=0)[1]
 
 
 @pytest.mark.parametrize("budget", [1, 300, 2_000, 12_000, N_PROPOSALS - 1, N_PROPOSALS])
@@ -102,7 +124,7 @@ def test_sampling_stream_is_not_default_rng_of_the_seed():
 
 def test_log_space_does_not_overflow():
     lr = np.array([2000.0, 1999.0, -3000.0, 1500.0])
-    prob, log_m = accept_probabilities(lr, "max")
+    prob, log_m = accept_probabilities(lr, "max", max_truncation=0)
     assert log_m == 2000.0
     np.testing.assert_allclose(prob, [1.0, np.exp(-1.0), 0.0, np.exp(-500.0)])
     w = importance_weights(lr, clip=np.inf)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from core.config import Section, arg
 from data_prep.filter.estimators import ESTIMATORS, option_types
+from data_prep.filter.sample import MAX_TRUNCATION
 
 
 @dataclass
@@ -39,11 +40,27 @@ class FilterArgs:
         "Ratio estimator: " + ", ".join(f"{name} ({cls.summary})" for name, cls in ESTIMATORS.items()) + ".",
         choices=list(ESTIMATORS),
     )
-    pca_dim: int = arg(0, "Project embeddings onto this many principal components first (0: no PCA).")
+    pca_dim: int = arg(
+        0,
+        "Project embeddings onto this many principal components of targets and candidates weighted equally first "
+        "(0: no PCA).",
+    )
+    folds: int = arg(
+        5,
+        "Cross-fitting folds of every estimator: each point is scored by a model that never saw it, nor its "
+        "perturbed copies or parent (grouped by id and parent_id).",
+    )
     policy: str = arg(
         "max",
-        "The bound M of rejection sampling: `max` (exact: M = max r), `quantile:q` (quasi-rejection: M = q-quantile "
-        "of r, accepts more, not exact), `budget:N` (M such that about N are accepted).",
+        "The bound M of rejection sampling: `max` (exact: M = max r, guarded by max_truncation), `quantile:q` "
+        "(quasi-rejection: M = q-quantile of r, accepts more, not exact), `budget:N` (M such that about N are "
+        "accepted). With no cross-fitted skill every policy falls back to a uniform draw of the same expected size.",
+    )
+    max_truncation: float = arg(
+        MAX_TRUNCATION,
+        "`max` policy: M is the smallest bound that truncates at most this share of the ratio mass (the accepted "
+        "distribution moves by at most that much in total variation), so one overestimated ratio cannot set M for "
+        "everybody (the winner's curse); 0: M = max r.",
     )
     mode: str = arg(
         "reject",
@@ -63,6 +80,6 @@ class FilterArgs:
     )
 
 
-# The estimators' own keys (classifier, folds, max_components, ubm_components, ...) come from their
+# The estimators' own keys (classifier, max_components, ubm_components, ...) come from their
 # options dataclasses, so --help lists them and an unknown key stays an error.
 SECTION = Section("filter", (FilterArgs, *option_types()))

@@ -196,27 +196,8 @@ def filter_diagnostics(
         "ess": ess,
         "ess_fraction": ess / len(candidates),
     }
-    for name, sample in (("candidates", candidates), ("accepted", candidates[accepted])):
-        auc = mmd2 = mmd_p = None
-        if len(sample) >= 2:
-            auc = two_sample_auc(target_heldout, sample, seed=seed, model=model)
-            mmd = mmd_test(target_heldout, sample, seed=seed)
-            mmd2, mmd_p = mmd.mmd2, mmd.p_value
-        else:
-            logger.warning("only %d %s: AUC and MMD against the target skipped", len(sample), name)
-        (
-            report[f"auc_target_vs_{name}"],
-            report[f"mmd2_target_vs_{name}"],
-            report[f"mmd_p_target_vs_{name}"],
-        ) = (
-            auc,
-            mmd2,
-            mmd_p,
-        )
+    report.update(sample_comparison(target_heldout, candidates, accepted, seed, model))
     auc_all, auc_acc = report["auc_target_vs_candidates"], report["auc_target_vs_accepted"]
-    report["closer_to_target"] = (
-        None if auc_all is None or auc_acc is None else abs(auc_acc - 0.5) < abs(auc_all - 0.5)
-    )
     logger.info(
         "filter diagnostics: accepted %d of %d (%.1f%%), ESS %.0f; held-out target AUC vs all %s, vs accepted %s",
         report["n_accepted"],
@@ -225,6 +206,32 @@ def filter_diagnostics(
         ess,
         _fmt(auc_all),
         _fmt(auc_acc),
+    )
+    return report
+
+
+def sample_comparison(
+    target_heldout, candidates, accepted, seed: int = 0, model: str = "logistic"
+) -> dict[str, Any]:
+    """Held-out target vs all candidates and vs the accepted ones: two-sample AUC, MMD^2 and its
+    p-value, and ``closer_to_target`` (the accepted set's AUC nearer 0.5). The part of
+    :func:`filter_diagnostics` that depends on the space, so it can be measured in several."""
+    candidates = as_matrix(candidates, "candidates")
+    accepted = np.asarray(accepted, dtype=bool)
+    report: dict[str, Any] = {}
+    for name, sample in (("candidates", candidates), ("accepted", candidates[accepted])):
+        auc = mmd2 = mmd_p = None
+        if len(sample) >= 2:
+            auc = two_sample_auc(target_heldout, sample, seed=seed, model=model)
+            mmd = mmd_test(target_heldout, sample, seed=seed)
+            mmd2, mmd_p = mmd.mmd2, mmd.p_value
+        else:
+            logger.warning("only %d %s: AUC and MMD against the target skipped", len(sample), name)
+        report[f"auc_target_vs_{name}"], report[f"mmd2_target_vs_{name}"] = auc, mmd2
+        report[f"mmd_p_target_vs_{name}"] = mmd_p
+    auc_all, auc_acc = report["auc_target_vs_candidates"], report["auc_target_vs_accepted"]
+    report["closer_to_target"] = (
+        None if auc_all is None or auc_acc is None else abs(auc_acc - 0.5) < abs(auc_all - 0.5)
     )
     return report
 

@@ -5,8 +5,10 @@
 Steps: 1. load target_train (p) and the candidates (q); 2. embed both (cached under
 `<output_dir>/embeddings`, so trying another estimator is cheap); 3. hold out part of the target
 for the diagnostics only; 4. estimate log r(x) = log p(x) - log q(x) for every candidate
-(cross-fitted); 5. accept x with probability min(1, r(x)/M), one seeded draw each, and compute
-importance weights; 6. diagnostics on the held-out target (AUC, MMD, ESS); 7. write.
+(cross-fitted over folds that keep a target utterance and its perturbed copies together);
+5. accept x with probability min(1, r(x)/M), one seeded draw each (a uniform draw when the
+ratios have no cross-fitted skill), and compute importance weights; 6. diagnostics on the
+held-out target (AUC, MMD, ESS), in the embedding space and in the estimator's; 7. write.
 
 Writes `<output_dir>/filter/`: `scored/` (every candidate with `log_ratio`, `accept_prob`,
 `accepted`, `fold`, `weight`), `accepted/` (the accepted candidates, canonical schema),
@@ -32,10 +34,11 @@ from data_prep.filter.diagnostics import (
     effective_sample_size,
     filter_diagnostics,
     pooled_zscores,
+    sample_comparison,
     split_target,
 )
 from data_prep.filter.embed import embed_dataset, frame_features_dataset, get_embedder
-from data_prep.filter.estimators import AUC_WARN, get_estimator, option_types
+from data_prep.filter.estimators import AUC_WARN, Groups, get_estimator, option_types
 from data_prep.filter.figures import plot_figures
 from data_prep.filter.groups import group_keys, per_group
 from data_prep.filter.sample import accept_probabilities, importance_weights, rejection_sample
@@ -79,6 +82,14 @@ def _rows(x, idx: np.ndarray):
     return x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx]
 
 
+def estimator_space(x, project) -> np.ndarray:
+    """Utterance vectors in the space the estimator fits in: embeddings (or, for a frame estimator,
+    each utterance's mean frame) through its projection. The projection is affine, so the mean of
+    the projected frames is the projection of the mean frame."""
+    vectors = x if isinstance(x, np.ndarray) else np.stack([f.mean(axis=0) for f in x])
+    return vectors if project is None else project(vectors)
+
+
 def load_target_train(data_dir: Path):
     """The target_train split alone. The prepared folder is a DatasetDict, and loading it opens
     every split, target_test included; its `target_train/` subfolder is a dataset of its own."""
@@ -118,7 +129,7 @@ def run_filter(run, args, *estimator_options) -> dict:
     # 2. embeddings (cached): the diagnostics always compare embeddings; an estimator that scores
     # frames gets frame features as well
     options = [next((o for o in estimator_options if isinstance(o, cls)), cls()) for cls in option_types()]
-    estimator = get_estimator(args.method, *options, pca_dim=args.pca_dim)
+    estimator = get_estimator(args.method, *options, pca_dim=args.pca_dim, folds=args.folds)
     cache = Path(args.embeddings_dir or exp.embeddings)
     embedder = make_embedder(args)
     t_emb, c_emb = _embed(target, embedder, args, cache, False), _embed(cands, embedder, args, cache, False)
@@ -146,15 +157,20 @@ def run_filter(run, args, *estimator_options) -> dict:
     # 4.-6. under a thread cap (FilterArgs.threads): on a loaded machine BLAS/OpenMP threads that
     # wait for busy cores made sklearn 5-7x slower than one thread.
     with threadpool_limits(args.threads or None):
-        # 4. log r for every candidate (groups=None: random cross-fitting folds)
-        result = estimator.fit_score(_rows(t_in, fit_idx), c_in, None, run.seed)
+        # 4. log r for every candidate; a target's label is its id and a copy's its parent_id, so
+        # copies of target t are scored by a model that never saw t
+        groups = Groups.from_ids(np.asarray(target["id"])[fit_idx], cands["id"], cands["parent_id"])
+        result = estimator.fit_score(_rows(t_in, fit_idx), c_in, groups, run.seed)
         log_ratio = result.log_ratio
         t = lap("estimate", t)
 
-        # 5. accept with probability min(1, r/M); weights for weighted training
-        prob, log_m = accept_probabilities(log_ratio, args.policy)
-        sampled = rejection_sample(log_ratio, args.policy, seed=run.seed)
-        weights = importance_weights(log_ratio, clip=args.weight_clip)
+        # 5. accept with probability min(1, r/M); weights for weighted training. Ratios without
+        # skill are noise: then every candidate is equally likely (and weighs 1).
+        uniform = not result.has_skill
+        policy = {"max_truncation": args.max_truncation, "uniform": uniform}
+        prob, log_m = accept_probabilities(log_ratio, args.policy, **policy)
+        sampled = rejection_sample(log_ratio, args.policy, seed=run.seed, **policy)
+        weights = np.ones(len(prob)) if uniform else importance_weights(log_ratio, clip=args.weight_clip)
         if args.mode == "weights":
             accepted = np.ones(len(prob), dtype=bool)  # everyone trains, each with its weight
             # What the diagnostics compare with the target: a draw from the weighted candidates, i.e.
@@ -165,7 +181,8 @@ def run_filter(run, args, *estimator_options) -> dict:
             accepted = diag_sample = sampled
         t = lap("sample", t)
 
-        # 6. diagnostics on the held-out target
+        # 6. diagnostics on the held-out target, in the embedding space and in the estimator's
+        # (after its PCA; a frame estimator's mean frames): a filter can look fine in one only
         held_z, cand_z = pooled_zscores(t_emb[held_idx], c_emb)
         diag = filter_diagnostics(
             held_z,
@@ -174,6 +191,16 @@ def run_filter(run, args, *estimator_options) -> dict:
             log_ratio[in_diagnostics],
             seed=run.seed,
         )
+        if estimator.frames or result.space is not None:
+            held_e, cand_e = pooled_zscores(
+                estimator_space(_rows(t_in, held_idx), result.space), estimator_space(c_in, result.space)
+            )
+            in_space = sample_comparison(
+                held_e, cand_e[in_diagnostics], diag_sample[in_diagnostics], run.seed
+            )
+        else:
+            in_space = {k: v for k, v in diag.items() if k.startswith(("auc_", "mmd", "closer"))}
+        in_space["space"] = _space_name(estimator, result.details.get("pca"))
         # Acceptance and ESS describe the whole candidate set, not the diagnostics' subset.
         n_acc = int(accepted.sum())
         ess = effective_sample_size(log_ratio)
@@ -207,13 +234,16 @@ def run_filter(run, args, *estimator_options) -> dict:
         else "accepted",
         "diagnostics_excluded_copies_of_heldout": int((~in_diagnostics).sum()),
         "crossfit_auc": result.auc,
+        "skill": result.skill,
+        "sampling": "uniform (no skill)" if uniform else "ratio",
         **diag,
+        "diagnostics_estimator_space": in_space,
         "weights_ess": float(weights.sum() ** 2 / np.square(weights).sum()),
         "per_group": groups,
         "estimator": result.details,
     }
-    # The estimator's own cross-fitted AUC (all fit targets) when it has one; the GMMs have none,
-    # so the diagnostics' (held-out targets only, noisier) stands in.
+    # The estimators' own out-of-fold AUC (all fit targets); the diagnostics' (held-out targets
+    # only, noisier) stands in when no fold had both targets and candidates to compare.
     separation = result.auc if result.auc is not None else diag["auc_target_vs_candidates"]
     warnings = []
     if separation is not None and separation > AUC_WARN:
@@ -221,11 +251,22 @@ def run_filter(run, args, *estimator_options) -> dict:
             f"target-vs-candidates AUC {separation:.3f}: the sets barely overlap, so the ratios explode and few "
             "candidates carry all the weight; try a lower-dimensional embedding (pca_dim) or broader generators."
         )
-    if diag["ess"] < MIN_ESS:
+    if uniform:
+        warnings.append(
+            f"the ratios have no cross-fitted skill (log-loss gain {result.skill['gain']:.4f} +- "
+            f"{result.skill['gain_se']:.4f} nats over r = 1): they are noise, so every candidate got the same "
+            f"acceptance probability ({prob[0]:.3f}, the count policy {args.policy} expected) and weight 1."
+        )
+        if result.auc is not None and result.auc > 0.6:  # ranks well, yet its magnitudes lose to r = 1
+            warnings.append(
+                f"They do rank the candidates (out-of-fold AUC {result.auc:.3f}) but their magnitudes are "
+                "overconfident: the default classifier (calibrated) or a lower pca_dim should keep that ranking."
+            )
+    elif diag["ess"] < MIN_ESS:
         warnings.append(
             f"ESS {diag['ess']:.1f} of {len(cands)} candidates: a few ratios dominate (often an overfitted estimator), "
-            f"so policy {args.policy} accepts {int(sampled.sum())}; try classifier gbm, pca_dim, policy quantile:q "
-            "or budget:N, or mode weights."
+            f"so policy {args.policy} accepts {int(sampled.sum())}; try pca_dim, policy quantile:q or budget:N, "
+            "or mode weights."
         )
     if warnings:
         report["warning"] = " ".join(warnings)
@@ -249,6 +290,11 @@ def run_filter(run, args, *estimator_options) -> dict:
         100 * n_acc / len(cands), len(cands) - n_acc, ess, dict(top), out_dir,
     )  # fmt: skip
     return report
+
+
+def _space_name(estimator, pca) -> str:
+    base = "mean frame" if estimator.frames else "embedding"
+    return f"{base}, {pca['dim']} balanced principal components" if pca else base
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
 """`gmm`: log r = log p_gmm(x) - log q_gmm(x), two Gaussian mixtures whose sizes and covariance
-types BIC chooses."""
+types BIC chooses, cross-fitted: the mixtures of fold k are fitted on the other folds, so a target
+utterance's perturbed copies are scored by a target mixture that never saw it."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
-from tqdm.auto import tqdm
 
 from core.config import arg
-from data_prep.filter.estimators.base import Estimator, RatioResult
+from data_prep.filter.estimators.base import Estimator, Groups, RatioResult
+from data_prep.filter.estimators.crossfit import Folds, FoldSplit, cross_fit
 from data_prep.filter.features import (
     FIT_MAX,
     SCORE_CHUNK,
@@ -42,9 +43,8 @@ class GMMOptions:
 
 
 class GMM(Estimator):
-    """Not cross-fitted (``groups`` is ignored): BIC keeps the mixtures small relative to the
-    points, and the candidate model sees at most FIT_MAX of the candidates, so in-sample optimism
-    is small."""
+    """Each fold's mixtures come from their own BIC search on that fold's training data; the
+    candidate mixture sees at most FIT_MAX of the fold's candidates."""
 
     name = "gmm"
     summary = "two Gaussian mixtures"
@@ -52,45 +52,43 @@ class GMM(Estimator):
 
     def fit_score(self, target, candidates, groups=None, seed: int = 0) -> RatioResult:
         rng = self.rng(seed)
-        t, c, pca = embedding_inputs(target, candidates, self.pca_dim, rng, seed)
+        t, c, pca, project = embedding_inputs(target, candidates, self.pca_dim, rng, seed)
         # Standardizing both sets with the same affine map leaves log p - log q unchanged (the
         # Jacobians cancel) and gives EM well-scaled inputs for the variance floor.
         mean, scale = pooled_standardization(t, c)
         t = (t - mean) / scale
-        t_fit = subsample(t, FIT_MAX, rng)
-        c_fit = (subsample(c, FIT_MAX, rng) - mean) / scale
-        p_gmm, p_table = fit_gmm_bic(t_fit, seed, self.options.max_components)
-        q_gmm, q_table = fit_gmm_bic(c_fit, seed, self.options.max_components)
+        folds = Folds.make(len(t), len(c), self.folds, Groups.coerce(groups, len(t), len(c)), seed)
+
+        def fit_fold(split: FoldSplit) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+            c_fit = (c[subsample(split.c_train, FIT_MAX, rng)] - mean) / scale
+            p_gmm, p_table = fit_gmm_bic(t[split.t_train], seed, self.options.max_components)
+            q_gmm, q_table = fit_gmm_bic(c_fit, seed, self.options.max_components)
+            c_lr = np.empty(len(split.c_held))
+            for start in range(0, len(c_lr), SCORE_CHUNK):
+                chunk = (c[split.c_held[start : start + SCORE_CHUNK]] - mean) / scale
+                c_lr[start : start + len(chunk)] = p_gmm.score_samples(chunk) - q_gmm.score_samples(chunk)
+            held = t[split.t_held]
+            t_lr = p_gmm.score_samples(held) - q_gmm.score_samples(held) if len(held) else np.empty(0)
+            info = {
+                "fit_points": {"target": len(split.t_train), "candidates": len(c_fit)},
+                "target_gmm": _summary(p_gmm, p_table),
+                "candidate_gmm": _summary(q_gmm, q_table),
+            }
+            return t_lr, c_lr, info
+
+        result = cross_fit(folds, fit_fold, "gmm cross-fit")
+        first = result.details["target_gmm"][0], result.details["candidate_gmm"][0]
         logger.info(
-            "gmm: target %d %s components, candidates %d %s components (fitted on %d and %d points)",
-            p_gmm.n_components, p_gmm.covariance_type, q_gmm.n_components, q_gmm.covariance_type,
-            len(t_fit), len(c_fit),
+            "gmm (fold 0): target %d %s components, candidates %d %s components", first[0]["components"],
+            first[0]["covariance"], first[1]["components"], first[1]["covariance"],
         )  # fmt: skip
-        log_ratio = np.empty(len(c), dtype=np.float64)
-        for start in tqdm(range(0, len(c), SCORE_CHUNK), desc="gmm scoring", leave=False):
-            chunk = (c[start : start + SCORE_CHUNK] - mean) / scale
-            log_ratio[start : start + len(chunk)] = p_gmm.score_samples(chunk) - q_gmm.score_samples(chunk)
-        details = {
-            "n_target": len(t),
-            "n_candidates": len(c),
-            "fit_points": {"target": len(t_fit), "candidates": len(c_fit)},
-            "target_gmm": {
-                "components": p_gmm.n_components,
-                "covariance": p_gmm.covariance_type,
-                "bic": p_table,
-            },
-            "candidate_gmm": {
-                "components": q_gmm.n_components,
-                "covariance": q_gmm.covariance_type,
-                "bic": q_table,
-            },
-            "cross_fitted": False,
-            "method": self.name,
-            "pca": pca,
-        }
-        return RatioResult(
-            log_ratio=log_ratio, fold=np.full(len(c), -1, dtype=np.int64), auc=None, details=details
-        )
+        result.details.update(method=self.name, pca=pca)
+        result.space = project
+        return result
+
+
+def _summary(gmm: GaussianMixture, table: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"components": gmm.n_components, "covariance": gmm.covariance_type, "bic": table}
 
 
 def fit_gmm_bic(
