@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from datasets import concatenate_datasets
 
-from core import paths, schema
+from core import files, paths, schema
 from core.config import ConfigError, RunArgs
 from core.paths import ExperimentPaths
 from core.seeding import stream_rng
@@ -147,9 +147,20 @@ def load_parts(run: RunArgs, targs, rng: np.random.Generator) -> list[Part]:
         real = concatenate_datasets([real, canonical(schema.load_split(path), str(path))])
     parts = [Part("real", real, np.ones(len(real)))]
     if targs.use_candidates == "accepted":
-        path = _filter_output(filter_dir(run, targs) / paths.ACCEPTED)
-        rows = canonical(schema.load_split(path), str(path))
-        parts.append(Part("candidates", rows, np.ones(len(rows))))
+        report = _filter_output(filter_dir(run, targs) / paths.FILTER_REPORT)
+        if files.read_json(report)["n_accepted"] == 0:
+            # datasets cannot load back an empty saved dataset, and an empty part is the truth here:
+            # the report's composition then shows 0 candidates.
+            logger.warning(
+                "the filter accepted no candidate (%s): this run trains without candidates; to get some, "
+                "use policy quantile:q or budget:N, or broaden the generators",
+                report,
+            )
+            parts.append(Part("candidates", real.select([]), np.ones(0)))
+        else:
+            path = _filter_output(filter_dir(run, targs) / paths.ACCEPTED)
+            rows = canonical(schema.load_split(path), str(path))
+            parts.append(Part("candidates", rows, np.ones(len(rows))))
     elif targs.use_candidates != "none":
         path = _filter_output(filter_dir(run, targs) / paths.SCORED)
         scored = schema.load_split(path)
@@ -193,6 +204,8 @@ def mix_weights(masses: dict[str, np.ndarray], ratios: dict[str, float]) -> np.n
 
 def apply_guards(asr, rows, targs, what: str) -> tuple[np.ndarray, dict[str, int]]:
     """Indices of rows the model can train on, and the dropped counts by reason (logged)."""
+    if len(rows) == 0:  # an empty part (the filter accepted nothing): tokenizers fail on an empty batch
+        return np.zeros(0, dtype=np.int64), {}
     durations = np.asarray(rows["duration"], dtype=np.float64)
     texts = rows["text"]
     problems = asr.length_problems(durations, texts, targs)

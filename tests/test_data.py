@@ -91,3 +91,17 @@ def test_load_parts_reads_the_prepared_splits_and_needs_the_filter(tmp_path):
     parts = load_parts(run, TrainArgs(use_candidates="none", augment_real=True), np.random.default_rng(0))
     assert [(p.name, len(p.rows)) for p in parts] == [("real", 6)]
     assert sorted(parts[0].rows["origin"]) == ["perturbed"] * 3 + ["real"] * 3
+
+
+def test_a_filter_that_accepted_nothing_leaves_an_empty_candidate_part(tmp_path, caplog):
+    """datasets cannot load an empty saved dataset back: train must read the filter's count, not crash."""
+    rows = [schema.make_row(id=f"u{i}", samples=np.zeros(1600, np.float32), text="hi") for i in range(3)]
+    write_prepared(tmp_path, rows, rows[:1])
+    filter_dir = tmp_path / "filter"
+    files.write_json({"n_accepted": 0, "n_candidates": 12}, filter_dir / "filter_report.json")
+    run = RunArgs(output_dir=str(tmp_path))
+    parts = load_parts(run, TrainArgs(use_candidates="accepted"), np.random.default_rng(0))
+    assert [(p.name, len(p.rows)) for p in parts] == [("real", 3), ("candidates", 0)]
+    assert "accepted no candidate" in caplog.text
+    w = mix_weights({p.name: p.mass for p in parts}, {"real": 0.5, "candidates": 0.5})
+    assert np.all(np.isfinite(w)) and w.sum() > 0

@@ -46,7 +46,14 @@ def write_config(root: Path, src: Path, model: Path, name: str) -> Path:
             "copies_per_utterance": 1,
             "num_shards": 4,  # several shards, so a kill leaves some finished and some not
         },
-        "filter": {"embedder": "mfcc_stats", "method": "classifier", "folds": 2, "heldout_fraction": 0.25},
+        # budget:6: with 12 candidates and `max` the filter may accept none, and candidates should reach training
+        "filter": {
+            "embedder": "mfcc_stats",
+            "method": "classifier",
+            "folds": 2,
+            "heldout_fraction": 0.25,
+            "policy": "budget:6",
+        },
         "train": {
             "model_name_or_path": str(model),
             "packing": "on",
