@@ -31,12 +31,12 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import schema  # noqa: E402
+from core.asr import load_for_training  # noqa: E402
 from core.config import RunArgs  # noqa: E402
 from core.paths import ExperimentPaths  # noqa: E402
 from data_prep.prepare import prepare  # noqa: E402
 from data_prep.prepare_args import PrepareArgs  # noqa: E402
 from recipe.data import apply_guards, canonical  # noqa: E402
-from recipe.models import load_for_training  # noqa: E402
 from recipe.packing import WindowDataset  # noqa: E402
 from recipe.train_args import TrainArgs  # noqa: E402
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.asr.errors import error_counts
 from recipe.ablation_args import REFERENCE_ARM
-from recipe.metrics.errors import error_counts
 from recipe.metrics.seeds import format_welch_p, hierarchical_bootstrap, percentile_ci, welch_test
 
 METHOD = (

@@ -17,10 +17,10 @@ import numpy as np
 from datasets import concatenate_datasets
 
 from core import files, paths, schema
+from core.asr.normalize import get_normalizer
 from core.config import ConfigError, RunArgs
 from core.paths import ExperimentPaths
 from core.seeding import stream_rng
-from recipe.metrics.normalize import get_normalizer
 from recipe.packing import WindowDataset
 
 logger = logging.getLogger(__name__)

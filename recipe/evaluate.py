@@ -22,12 +22,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core import files, paths, schema
+from core.asr import load_asr
+from core.asr.errors import error_counts
+from core.asr.normalize import get_normalizer
 from core.config import RunArgs, run_stage, save_resolved
 from core.paths import ExperimentPaths
 from recipe.evaluate_args import EvaluateArgs
-from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
-from recipe.metrics.normalize import get_normalizer
-from recipe.models import load_asr
+from recipe.metrics.errors import bootstrap_ci, format_p, paired_bootstrap
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
     accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m recipe.train --config configs/demo.yaml
 
 Steps: 1. arguments; 2. the training mix (target_train + candidates [+ source], recipe.data);
-3. the model (the only Whisper/CTC branch is recipe.models); 4. length guards, counted and
+3. the model (the only Whisper/CTC branch is core.asr); 4. length guards, counted and
 logged, and the sampling weights of the mixing shares; 5. examples: windows packed afresh every
 epoch, or single utterances (recipe.packing); 6. the Trainer (recipe.trainer); 7. training, resumed from the last
 checkpoint; 8. the final model; 9. final evaluation (recipe.evaluate, WER/CER with CIs);
@@ -26,6 +26,7 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 from core import files
+from core.asr import load_for_training
 from core.config import LOG_FORMAT, RunArgs, parse_args, save_resolved
 from core.paths import ExperimentPaths
 from core.seeding import derive_seed, stream_rng
@@ -33,7 +34,6 @@ from recipe.card import write_training_card
 from recipe.data import composition, eval_examples, filter_dir, load_parts, training_pool
 from recipe.evaluate import final_evaluation
 from recipe.hub import push_final, refuse_token_in_args
-from recipe.models import load_for_training
 from recipe.packing import build_train_examples
 from recipe.trainer import (
     make_compute_metrics,

@@ -16,9 +16,9 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
+from core.asr.normalize import get_normalizer
 from core.seeding import derive_seed
 from recipe.metrics import load_metric
-from recipe.metrics.normalize import get_normalizer
 from recipe.packing import EpochPacker, EpochWindowSampler
 
 logger = logging.getLogger(__name__)

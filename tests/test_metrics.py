@@ -6,10 +6,11 @@ import os
 import numpy as np
 import pytest
 
+from core.asr.errors import error_counts
+from core.asr.normalize import get_normalizer
 from recipe.evaluate import compare, model_fingerprint, score
 from recipe.metrics import load_metric
-from recipe.metrics.errors import bootstrap_ci, error_counts, format_p, paired_bootstrap
-from recipe.metrics.normalize import get_normalizer
+from recipe.metrics.errors import bootstrap_ci, format_p, paired_bootstrap
 
 
 def test_wer_hand_computed():

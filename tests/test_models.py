@@ -10,10 +10,10 @@ from datasets import Dataset
 from tiny_asr import needs_espeak, speak, tiny_wav2vec2, tiny_whisper
 from transformers import AutoConfig
 
-from recipe.collators import IGNORE_INDEX, CTCCollator, WhisperCollator, ctc_text, whisper_label_ids
+from core.asr import CTCASR, load_asr, load_for_training
+from core.asr.collators import IGNORE_INDEX, CTCCollator, WhisperCollator, ctc_text, whisper_label_ids
+from core.asr.ctc import build_ctc_vocab, ctc_processor_for
 from recipe.data import apply_guards
-from recipe.models import CTCASR, load_asr, load_for_training
-from recipe.models.ctc import build_ctc_vocab, ctc_processor_for
 from recipe.train_args import TrainArgs
 
 

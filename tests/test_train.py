@@ -17,8 +17,8 @@ from huggingface_hub import HfApi
 from tiny_asr import ESPEAK, PHRASES, canonical_rows, tiny_wav2vec2, tiny_whisper, write_prepared
 
 import recipe.train as rt
+from core.asr import load_asr
 from core.config import ConfigError
-from recipe.models import load_asr
 from recipe.packing import WindowDataset
 from recipe.train import main
 from recipe.trainer import weighted_sampler

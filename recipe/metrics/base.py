@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from recipe.metrics.errors import error_counts
+from core.asr.errors import error_counts
 
 _KWARGS = """
 Args:

@@ -1,6 +1,8 @@
 """The one place that knows Whisper from CTC models: which family a checkpoint is, and loading it.
 
-Everything else (training, evaluation, the model card) talks to an ``ASRModel`` (``base``): load
+It lives in the core because both sides need it: the candidates' intelligibility gate
+(data_prep) decodes with the base checkpoint, and training, evaluation and the model card
+(recipe) train and decode with it. Everything talks to an ``ASRModel`` (``base``): load
 it with ``load_asr`` (inference) or ``load_for_training``, ask it to ``transcribe`` audio, for its
 collator, its trainer class, its length guards and how to decode evaluation predictions. Each
 family's behaviour is one subclass (``whisper``, ``ctc``) and this module is the only one that
@@ -16,10 +18,10 @@ from typing import Any
 import torch
 from transformers import AutoConfig
 
+from core.asr.base import ASRModel
+from core.asr.ctc import CTCASR
+from core.asr.whisper import WhisperASR
 from core.checkpoint import resolve_model
-from recipe.models.base import ASRModel
-from recipe.models.ctc import CTCASR
-from recipe.models.whisper import WhisperASR
 
 __all__ = [
     "CTC_MODEL_TYPES",

@@ -39,19 +39,31 @@ class ASRModel(ABC):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def transcribe(self, audio: Sequence[np.ndarray], batch_size: int = 16, num_beams: int = 1) -> list[str]:
-        """Transcripts of 16 kHz mono float32 arrays, in order."""
+    def transcribe(
+        self, audio: Sequence[np.ndarray], batch_size: int = 16, num_beams: int = 1, pack: bool = False
+    ) -> list[str]:
+        """Transcripts of 16 kHz mono float32 arrays, in order.
+
+        ``pack``: several short clips share one input window (``packed``), for families whose input
+        is a fixed window (``packable``); ``batch_size`` then counts windows. Others ignore it.
+        """
         audio = _check_16k(audio)
         self.model.eval()
-        out: list[str] = []
-        for start in range(0, len(audio), batch_size):
-            with torch.inference_mode():
+        with torch.inference_mode():
+            if pack and self.packable:
+                return self._transcribe_packed(audio, batch_size, num_beams)
+            out: list[str] = []
+            for start in range(0, len(audio), batch_size):
                 out.extend(self._transcribe_batch(audio[start : start + batch_size], num_beams))
         return out
 
     @abstractmethod
     def _transcribe_batch(self, audio: list[np.ndarray], num_beams: int) -> list[str]:
         """Transcripts of one batch (called under inference mode)."""
+
+    def _transcribe_packed(self, audio: list[np.ndarray], batch_size: int, num_beams: int) -> list[str]:
+        """Transcripts of clips decoded several to a window (families with ``packable``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no packed decoding")
 
     # --- training -----------------------------------------------------------------------------
     @abstractmethod

@@ -23,8 +23,8 @@ from transformers import (
 )
 
 from core import schema
-from recipe.collators import CTCCollator, ctc_text
-from recipe.models.base import ASRModel
+from core.asr.base import ASRModel
+from core.asr.collators import CTCCollator, ctc_text
 
 logger = logging.getLogger(__name__)
 
