@@ -49,32 +49,38 @@ class PrepareArgs:
         choices=["text", "speaker", "utterance"],
     )
     test_fraction: float = arg(
-        0.5, "Fraction of target groups (texts, speakers or utterances) held out as target_test."
+        0.5,
+        "Fraction of target groups (texts, speakers or utterances) held out as target_test.",
+        gt=0,  # both splits must exist: train needs target_train, evaluation target_test
+        lt=1,
     )
     dev_utterances: int = arg(
         0,
         "Move about this many held-out utterances (whole groups, as split_by) from target_test into a "
         "`target_dev` split, for checkpoint selection and tuning without touching target_test; 0: none.",
+        ge=0,
     )
     max_train_utterances: int = arg(
-        0, "Keep at most this many target_train utterances (0: all); the rest is dropped, counted."
+        0, "Keep at most this many target_train utterances (0: all); the rest is dropped, counted.", ge=0
     )
-    max_test_utterances: int = arg(0, "Keep at most this many target_test utterances (0: all).")
+    max_test_utterances: int = arg(0, "Keep at most this many target_test utterances (0: all).", ge=0)
     protect_test_texts: bool = arg(
         True,
         "Record the target_test texts so no stage synthesizes them (the leakage guard). Turn off only for a closed "
         "vocabulary (e.g. spoken digits) where every text is in both splits by design.",
     )
     min_duration: float = arg(
-        0.05, "Drop audio shorter than this many seconds (zero-length files are corrupt input)."
+        0.05, "Drop audio shorter than this many seconds (zero-length files are corrupt input).", ge=0
     )
-    max_duration: float = arg(30.0, "Drop audio longer than this many seconds (Whisper's window is 30 s).")
+    max_duration: float = arg(
+        30.0, "Drop audio longer than this many seconds (Whisper's window is 30 s).", gt=0
+    )
     on_error: str = arg(
         "skip",
         "Bad input (missing/corrupt/empty audio, NaN, empty transcript): `skip` logs and counts it, `raise` stops.",
         choices=["skip", "raise"],
     )
-    limit: int = arg(0, "Read at most this many source utterances (0: all); for quick trials.")
+    limit: int = arg(0, "Read at most this many source utterances (0: all); for quick trials.", ge=0)
 
 
 SECTION = Section("prepare", (PrepareArgs,))

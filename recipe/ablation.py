@@ -35,9 +35,9 @@ import sys
 from pathlib import Path
 
 from core import files, paths
-from core.config import LOG_FORMAT, ConfigError, load_yaml, parse_args
+from core.config import LOG_FORMAT, ConfigError, load_yaml, parse_cli
 from core.paths import ExperimentPaths
-from recipe.ablation_args import ARM_CANDIDATES, ARMS, REFERENCE_ARM
+from recipe.ablation_args import ARM_CANDIDATES, REFERENCE_ARM
 from recipe.ablation_report import plot, summarize, to_markdown
 from recipe.evaluate import read_hyps
 from recipe.train_args import TrainArgs
@@ -148,15 +148,8 @@ def run_arm(
 
 
 def check_args(args, exp: ExperimentPaths) -> bool:
-    """Validate the arms and the shares; returns whether the trained arms augment the real data."""
-    unknown = set(args.arms) - set(ARMS)
-    if unknown:
-        raise ConfigError(f"unknown arm(s) {sorted(unknown)}; arms: {list(ARMS)}")
-    if not 0 < args.mix_real < 1:
-        raise ConfigError(
-            f"ablation.mix_real must be within (0, 1), got {args.mix_real}: at 1 the candidate arms would "
-            "be real_only, at 0 they would draw no real data"
-        )
+    """Check what the experiment holds for the arms (their names and mix_real are checked with the
+    config, ``AblationArgs``); returns whether the trained arms augment the real data."""
     needs_candidates = any(ARM_CANDIDATES.get(a, "none") != "none" for a in args.arms)
     if needs_candidates and not exp.candidates_dataset.exists():
         raise FileNotFoundError(
@@ -219,7 +212,7 @@ def main(argv=None):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     cfg = pre.parse_known_args(argv)[0].config
-    run, args = parse_args("ablation", argv, description=__doc__)
+    run, args = parse_cli("ablation", argv, description=__doc__)
     ablation(run, args, cfg)
 
 

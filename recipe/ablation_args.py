@@ -23,11 +23,13 @@ class AblationArgs:
     arms: list[str] = arg(
         list(ARMS),
         "Arms to run (see recipe/ablation.py): zero_shot, real_only, real+all, real+random, real+accepted, real+weighted.",
+        choices=list(ARMS),
     )
     seeds: int = arg(
         5,
         "Seeds per arm (run.seed, run.seed+1, ...): each seed reruns the filter and trains every arm; zero_shot "
         "is decoded once. Seeds vary more than the gaps between arms, and the seed-level test needs several.",
+        ge=1,
     )
     split: str = arg("target_test", "Split every arm is evaluated on.")
     base_model: str = arg(
@@ -36,7 +38,9 @@ class AblationArgs:
     mix_real: float = arg(
         0.5,
         "Share of training draws from the real data in every arm with candidates (the candidates get the rest): "
-        "one value for all arms, so they differ only in which candidates fill the other share. Within (0, 1).",
+        "one value for all arms, so they differ only in which candidates fill the other share.",
+        gt=0,  # at 1 the candidate arms would be real_only, at 0 they would draw no real data
+        lt=1,
     )
     augment_real: str = arg(
         "auto",
@@ -47,7 +51,9 @@ class AblationArgs:
     extra_train_args: list[str] = arg(
         [], "Extra `--key value` arguments for every training run, e.g. `--max_steps 60`."
     )
-    bootstrap_samples: int = arg(2000, "Resamples of the hierarchical bootstrap (seeds, then utterances).")
+    bootstrap_samples: int = arg(
+        2000, "Resamples of the hierarchical bootstrap (seeds, then utterances).", ge=1
+    )
 
 
 SECTION = Section("ablation", (AblationArgs,))

@@ -20,11 +20,11 @@ class EvaluateArgs:
         "",
         "Name of this evaluation's subfolder under <output_dir>/eval (default: derived from model and split).",
     )
-    batch_size: int = arg(16, "Utterances per decoding batch.")
-    num_beams: int = arg(1, "Beam size (1: greedy, as in the reference figures).")
+    batch_size: int = arg(16, "Utterances per decoding batch.", ge=1)
+    num_beams: int = arg(1, "Beam size (1: greedy, as in the reference figures).", ge=1)
     language: str = arg("en", "Language code: English uses Whisper's English normalizer, others a basic one.")
-    bootstrap_samples: int = arg(1000, "Bootstrap resamples for the 95-percent confidence intervals.")
-    limit: int = arg(0, "Evaluate only the first N utterances (0: all).")
+    bootstrap_samples: int = arg(1000, "Bootstrap resamples for the 95-percent confidence intervals.", ge=1)
+    limit: int = arg(0, "Evaluate only the first N utterances (0: all).", ge=0)
     compare_to: str = arg("", "hyps.jsonl of another system on the same split: adds a paired comparison.")
 
 

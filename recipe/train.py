@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from core import files
 from core.asr import load_for_training
-from core.config import LOG_FORMAT, RunArgs, parse_args, save_resolved
+from core.config import LOG_FORMAT, RunArgs, parse_cli, save_resolved
 from core.paths import ExperimentPaths
 from core.seeding import derive_seed, stream_rng
 from recipe.card import write_training_card
@@ -152,7 +152,7 @@ def train(run: RunArgs, targs, training_args, argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     # 1. arguments (YAML section `train` + command line), logging on rank 0
     argv = list(sys.argv[1:] if argv is None else argv)
-    run, targs, training_args = parse_args("train", argv, description=__doc__)
+    run, targs, training_args = parse_cli("train", argv, description=__doc__)
     resolve_output(run, training_args)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(

@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import Seq2SeqTrainingArguments
 
-from core.config import Section, arg
+from core.config import Rule, Section, arg
 
 
 @dataclass
@@ -24,7 +24,7 @@ class TrainArgs:
         "target_test", "Split evaluated during training (per utterance, never packed); empty: none."
     )
     eval_max_utterances: int = arg(
-        0, "Evaluate at most this many utterances during training (0: all); generation is slow on CPU."
+        0, "Evaluate at most this many utterances during training (0: all); generation is slow on CPU.", ge=0
     )
     augment_real: bool = arg(
         False,
@@ -47,11 +47,12 @@ class TrainArgs:
         0.0,
         "Share of training draws from the real target split (with augment_real, its copies too); all mix_* 0: "
         "natural sizes.",
+        ge=0,  # the shares are normalized by their sum, so only a negative one is meaningless
     )
     mix_candidates: float = arg(
-        0.0, "Share of training draws from candidates (see mix_real); 0 with another share set: none."
+        0.0, "Share of training draws from candidates (see mix_real); 0 with another share set: none.", ge=0
     )
-    mix_source: float = arg(0.0, "Share of training draws from the source split (see mix_real).")
+    mix_source: float = arg(0.0, "Share of training draws from the source split (see mix_real).", ge=0)
     normalize_labels: bool = arg(
         False,
         "Train on transcripts passed through the scoring normalizer (English: Whisper's; lower case, no "
@@ -75,18 +76,22 @@ class TrainArgs:
         0.0,
         "With packing: share of utterance draws kept alone in their window, the shape evaluation decodes "
         "(one utterance, then silence); the rest are packed. 0: all packed.",
+        ge=0,
+        le=1,
     )
     pack_max_seconds: float = arg(
-        28.0, "Longest packed window; below 30 s so no utterance is cut at the window edge."
+        28.0, "Longest packed window; below 30 s so no utterance is cut at the window edge.", gt=0, le=30
     )
     pack_gap_seconds: float = arg(
-        0.6, "Silence between packed utterances (0.6 s: packed prompts decoded as well as one by one)."
+        0.6, "Silence between packed utterances (0.6 s: packed prompts decoded as well as one by one).", ge=0
     )
     max_audio_seconds: float = arg(
-        30.0, "Drop training utterances longer than this (Whisper's window is 30 s), counted."
+        30.0, "Drop training utterances longer than this (Whisper's window is 30 s), counted.", gt=0
     )
     max_label_tokens: int = arg(
-        448, "Drop utterances whose Whisper label exceeds this many tokens (decoder limit 448), counted."
+        448,
+        "Drop utterances whose Whisper label exceeds this many tokens (decoder limit 448), counted.",
+        ge=1,
     )
     freeze_encoder: bool = arg(
         False, "Whisper: freeze the encoder (about 2.7x faster steps on CPU). CTC: train only the head."
@@ -97,8 +102,8 @@ class TrainArgs:
     spec_augment: bool = arg(
         False, "Apply SpecAugment masks during training (the model's own implementation)."
     )
-    mask_time_prob: float = arg(0.05, "SpecAugment: share of time steps masked.")
-    mask_feature_prob: float = arg(0.0, "SpecAugment: share of feature channels masked.")
+    mask_time_prob: float = arg(0.05, "SpecAugment: share of time steps masked.", ge=0, le=1)
+    mask_feature_prob: float = arg(0.0, "SpecAugment: share of feature channels masked.", ge=0, le=1)
     ctc_new_vocab: bool = arg(
         True, "CTC: build the character vocabulary from the training text and a new head for it."
     )
@@ -108,9 +113,9 @@ class TrainArgs:
     lora: bool = arg(
         False, "Train LoRA adapters (peft) instead of all weights; merged into the saved model at the end."
     )
-    lora_r: int = arg(16, "LoRA rank.")
-    lora_alpha: int = arg(32, "LoRA scaling (alpha / r multiplies the update).")
-    lora_dropout: float = arg(0.05, "Dropout on the LoRA path.")
+    lora_r: int = arg(16, "LoRA rank.", ge=1)
+    lora_alpha: int = arg(32, "LoRA scaling (alpha / r multiplies the update).", ge=1)
+    lora_dropout: float = arg(0.05, "Dropout on the LoRA path.", ge=0, lt=1)
     lora_target_modules: list[str] = arg(["q_proj", "v_proj"], "Module names that get LoRA adapters.")
     resume: bool = arg(
         True, "Resume from the last checkpoint in the training output folder when there is one."
@@ -119,7 +124,7 @@ class TrainArgs:
         ["target_test"],
         "Splits decoded with the final model (recipe.evaluate) for the model card; empty: none.",
     )
-    bootstrap_samples: int = arg(1000, "Bootstrap resamples for the model card's confidence intervals.")
+    bootstrap_samples: int = arg(1000, "Bootstrap resamples for the model card's confidence intervals.", ge=1)
 
 
 # Recipe defaults for transformers' Seq2SeqTrainingArguments in the `train` section; the YAML
@@ -144,4 +149,23 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "hub_strategy": "checkpoint",  # push the model on every save plus `last-checkpoint` to resume from
 }
 
-SECTION = Section("train", (TrainArgs, Seq2SeqTrainingArguments), defaults=TRAIN_DEFAULTS)
+# Ranges of the transformers fields users set most, checked with ours before training starts
+# (transformers checks few of them, and late: a batch size of 0 failed in the DataLoader).
+TRAINING_RULES: dict[str, Rule] = {
+    "max_steps": Rule(ge=-1),  # -1 (or 0): num_train_epochs decides
+    "num_train_epochs": Rule(ge=0),
+    "per_device_train_batch_size": Rule(ge=1),
+    "per_device_eval_batch_size": Rule(ge=1),
+    "gradient_accumulation_steps": Rule(ge=1),
+    "learning_rate": Rule(ge=0),
+    "warmup_steps": Rule(ge=0),
+    "weight_decay": Rule(ge=0),
+    "save_total_limit": Rule(ge=1),  # transformers' null: keep every checkpoint
+    "generation_max_length": Rule(ge=1),
+    "generation_num_beams": Rule(ge=1),
+    "dataloader_num_workers": Rule(ge=0),
+}
+
+SECTION = Section(
+    "train", (TrainArgs, Seq2SeqTrainingArguments), defaults=TRAIN_DEFAULTS, rules=TRAINING_RULES
+)

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from transformers import (
     WhisperTokenizer,
 )
 
+from core import files
 from core.checkpoint.ct2 import Ct2Model, read_ctranslate2_model
 from core.checkpoint.errors import CheckpointError
 from core.checkpoint.weights import layer_count, map_whisper_weights
@@ -218,9 +218,8 @@ def _convert(src: Path, dst: Path) -> dict:
     processor = build_processor(src / "tokenizer.json", config.num_mel_bins, config.vocab_size)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    tmp = files.temp_dir(dst.parent, f".{dst.name}.tmp-")  # umask permissions: a cache others share
     try:
-        tmp.chmod(0o755)  # mkdtemp's 0700 would make a shared cache unreadable to other users
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         report.update(_verify_saved(tmp, state, tied, src))

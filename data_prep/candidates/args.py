@@ -18,11 +18,15 @@ class GenerateArgs:
     voices: list[str] = arg(
         [], "Keep only voices matching one of these shell patterns (e.g. `en-gb*`, `awb`); empty: all."
     )
-    max_voices_per_engine: int = arg(0, "At most this many voices per engine, a seeded choice (0: all).")
-    texts_per_voice: int = arg(
-        20, "Texts each voice speaks: a seeded sample of the allowed texts (0: every text)."
+    max_voices_per_engine: int = arg(
+        0, "At most this many voices per engine, a seeded choice (0: all).", ge=0
     )
-    max_synthetic: int = arg(0, "Cap on synthetic candidates over all voices: a seeded subset (0: no cap).")
+    texts_per_voice: int = arg(
+        20, "Texts each voice speaks: a seeded sample of the allowed texts (0: every text).", ge=0
+    )
+    max_synthetic: int = arg(
+        0, "Cap on synthetic candidates over all voices: a seeded subset (0: no cap).", ge=0
+    )
     text_corpus: str = arg(
         "", "Text file, one sentence a line, whose lines join the target_train transcripts as TTS texts."
     )
@@ -34,6 +38,7 @@ class GenerateArgs:
         2,
         "Perturbed copies of each real utterance: of source (if included) as candidates, of target_train as "
         "candidates/real_augmented (see target_copies_as_candidates).",
+        ge=0,
     )
     target_copies_as_candidates: bool = arg(
         False,
@@ -44,16 +49,16 @@ class GenerateArgs:
         "set differ from a random one by how many training copies it holds, not by what the filter adds.",
     )
     perturb_synthetic_prob: float = arg(
-        0.5, "Probability that a TTS output is also perturbed with the recipe."
+        0.5, "Probability that a TTS output is also perturbed with the recipe.", ge=0, le=1
     )
     include_source: bool = arg(
         True, "Also perturb the `source` split (non-target real speakers) when the dataset has one."
     )
     max_duration: float = arg(
-        30.0, "Drop candidates longer than this many seconds (Whisper's window), counted."
+        30.0, "Drop candidates longer than this many seconds (Whisper's window), counted.", gt=0
     )
     engine_timeout: float = arg(
-        60.0, "Seconds one synthesis may take before it is killed and counted as a failure."
+        60.0, "Seconds one synthesis may take before it is killed and counted as a failure.", gt=0
     )
     hf_model: str = arg(
         "",
@@ -62,12 +67,14 @@ class GenerateArgs:
     num_shards: int = arg(
         0,
         "Shards the work is cut into; a finished shard is skipped on rerun (0: one per 500 candidates, at least one per process).",
+        ge=0,
     )
     shard_index: int = arg(
         -1,
         "Run only this shard (manual multi-machine runs); -1: this process's shards (RANK/WORLD_SIZE under accelerate).",
+        ge=-1,
     )
-    num_proc: int = arg(1, "Worker processes on this machine, each generating whole shards.")
+    num_proc: int = arg(1, "Worker processes on this machine, each generating whole shards.", ge=1)
 
 
 SECTION = Section("generate", (GenerateArgs,))

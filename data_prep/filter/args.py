@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from core.config import Section, arg
 from data_prep.filter.estimators import ESTIMATORS, option_types
-from data_prep.filter.sample import MAX_TRUNCATION
+from data_prep.filter.sample import MAX_TRUNCATION, parse_policy
 
 
 @dataclass
@@ -33,8 +33,8 @@ class FilterArgs:
         "Cache of embeddings (default: <output_dir>/embeddings); keyed by embedder and dataset, so runs on the "
         "same data can share one (the ablation's per-seed filter runs share the experiment's).",
     )
-    embed_batch_size: int = arg(32, "Utterances per embedding batch.")
-    num_proc: int = arg(1, "Processes computing embeddings (CPU embedders).")
+    embed_batch_size: int = arg(32, "Utterances per embedding batch.", ge=1)
+    num_proc: int = arg(1, "Processes computing embeddings (CPU embedders).", ge=1)
     method: str = arg(
         "classifier",
         "Ratio estimator: " + ", ".join(f"{name} ({cls.summary})" for name, cls in ESTIMATORS.items()) + ".",
@@ -44,23 +44,28 @@ class FilterArgs:
         0,
         "Project embeddings onto this many principal components of targets and candidates weighted equally first "
         "(0: no PCA).",
+        ge=0,
     )
     folds: int = arg(
         5,
         "Cross-fitting folds of every estimator: each point is scored by a model that never saw it, nor its "
         "perturbed copies or parent (grouped by id and parent_id).",
+        ge=2,  # cross-fitting needs a fold held out from each model
     )
     policy: str = arg(
         "max",
         "The bound M of rejection sampling: `max` (exact: M = max r, guarded by max_truncation), `quantile:q` "
         "(quasi-rejection: M = q-quantile of r, accepts more, not exact), `budget:N` (M such that about N are "
         "accepted). With no cross-fitted skill every policy falls back to a uniform draw of the same expected size.",
+        validate=parse_policy,  # here, not after embedding and cross-fitting
     )
     max_truncation: float = arg(
         MAX_TRUNCATION,
         "`max` policy: M is the smallest bound that truncates at most this share of the ratio mass (the accepted "
         "distribution moves by at most that much in total variation), so one overestimated ratio cannot set M for "
         "everybody (the winner's curse); 0: M = max r.",
+        ge=0,
+        lt=1,
     )
     mode: str = arg(
         "reject",
@@ -68,15 +73,18 @@ class FilterArgs:
         choices=["reject", "weights"],
     )
     weight_clip: float = arg(
-        10.0, "Largest importance weight, in units of the mean weight (bounds the variance)."
+        10.0,
+        "Largest importance weight, in units of the mean weight (bounds the variance).",
+        ge=1,  # below the mean weight no weight could stay at or under the cap after normalizing
     )
     heldout_fraction: float = arg(
-        0.2, "Share of target_train held out from the estimator, used only by the diagnostics."
+        0.2, "Share of target_train held out from the estimator, used only by the diagnostics.", gt=0, lt=1
     )
     threads: int = arg(
         1,
         "BLAS/OpenMP threads for the estimator and diagnostics (0: the libraries' default, all cores). One thread was "
         "5-7x faster than two on a loaded 2-core machine (100k candidates); raise it on an idle many-core one.",
+        ge=0,
     )
 
 

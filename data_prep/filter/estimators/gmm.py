@@ -39,7 +39,7 @@ MIN_POINTS_PER_PARAMETER = 5
 
 @dataclass
 class GMMOptions:
-    max_components: int = arg(16, "gmm: most mixture components tried by the BIC search.")
+    max_components: int = arg(16, "gmm: most mixture components tried by the BIC search.", ge=1)
 
 
 class GMM(Estimator):

@@ -37,10 +37,11 @@ SPLINE_KNOTS = 5
 
 @dataclass
 class GMMUBMOptions:
-    ubm_components: int = arg(64, "gmm_ubm: components of the universal background model.")
+    ubm_components: int = arg(64, "gmm_ubm: components of the universal background model.", ge=1)
     relevance: float = arg(
         16.0,
         "gmm_ubm: MAP relevance factor; a component moves toward the target once its soft frame count nears it (Reynolds et al. 2000).",
+        gt=0,
     )
     ubm_calibration: str = arg(
         "spline",
@@ -53,6 +54,7 @@ class GMMUBMOptions:
     temperature: float = arg(
         1.0,
         "gmm_ubm with ubm_calibration temperature: multiplies the mean frame log-likelihood ratio to give log r.",
+        gt=0,  # 0 would make every ratio 1, a negative one would invert them
     )
 
 
