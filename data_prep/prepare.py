@@ -18,6 +18,7 @@ import math
 import time
 import unicodedata
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +34,21 @@ from core.config import run_stage, save_resolved
 from core.paths import ExperimentPaths
 from core.seeding import stream_rng
 from data_prep.leakage import LeakageGuard, normalize_text
-from data_prep.sources import RawUtterance, read_source
+from data_prep.sources import RawUtterance, SourceError, read_source
 
 log = logging.getLogger(__name__)
 
 # How to fix each kind of bad input; the message names the file, this names the fix.
 FIXES = {
     "missing_file": "fix the path in the manifest or remove the row",
+    "invalid_path": "put the audio file's path (relative to the manifest) in the row, or remove the row",
+    "path_outside_folder": "move the file into the manifest's folder (symlinks there are followed), or set "
+    "`prepare.allow_outside_paths: true` if you trust every path in the manifest",
     "corrupt_audio": "re-encode it (e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.wav`) or remove it",
     "empty_audio": "the file holds no samples (or fewer than `min_duration`); remove it or lower `min_duration`",
     "non_finite": "the audio holds NaN or infinite samples; re-export it from the original recording",
     "empty_transcript": "give it a transcript or remove the row",
-    "undecodable_transcript": "the transcript is not valid UTF-8; re-save the manifest as UTF-8",
+    "undecodable_transcript": "the transcript is not valid UTF-8; re-save the source's text as UTF-8",
     "too_long": "split it into shorter utterances or raise `max_duration`",
     "duplicate_id": "ids must be unique; rename one of the rows",
     "no_speech": "the prompt is a tone or silence with no words (expected for some corpora)",
@@ -63,6 +67,31 @@ class BadInput(ValueError):
         )
 
 
+# Sample rates a real recording can have (768 kHz: the highest PCM rate sold). A header outside
+# them is damage: saying so is clearer than resampling 3 samples at 200 Hz into a 15 ms "utterance".
+PLAUSIBLE_RATES = (1_000, 768_000)
+
+
+def plain_decode_reason(path: str | None, data: bytes | None) -> str:
+    """What a failed decode means to the user. The decoder's own words (torchcodec's C++ source
+    path, ffmpeg's `Invalid data found when processing input`) go to the DEBUG log instead."""
+    try:
+        size = len(data) if data is not None else Path(path).stat().st_size
+    except OSError:
+        return "not readable (permission or I/O error)"
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    return "not a decodable audio file: truncated, corrupt or not audio"
+
+
+def is_file(path: str) -> bool:
+    """Path.is_file that answers False, not an exception, for names the OS refuses (too long, NUL)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def decode_file(path: str | None, data: bytes | None) -> tuple[np.ndarray, int]:
     """(channels-first float32 samples, rate). soundfile handles WAV/FLAC/OGG; anything else
     (mp3, m4a, ...) goes through torchcodec's ffmpeg decoder."""
@@ -76,12 +105,31 @@ def decode_file(path: str | None, data: bytes | None) -> tuple[np.ndarray, int]:
         return decoded.data.numpy().astype(np.float32), decoded.sample_rate
 
 
+# torchaudio's resampler builds a dense (16000/g) x (rate/g) kernel, g = gcd(rate, 16000): tiny for
+# the usual rates (44.1 kHz: 160 x 441) but 16000 x 22051 taps (6 GB and 40 s on this 2-core box)
+# for a 22051 Hz header, which a flipped bit or an odd recorder produces. Above this size the
+# ratio is replaced by the nearest fraction with a denominator <= 1000: duration and pitch off by
+# at most 0.05% over 1 kHz..768 kHz, and a kernel of at most 16 M taps (64 MB). The usual rates
+# stay exact.
+MAX_DENSE_KERNEL = 1_000_000
+
+
+def resample_ratio(rate: int) -> tuple[int, int]:
+    """(from, to) rates for torchaudio: exact when its kernel is small, else a close fraction."""
+    g = math.gcd(rate, schema.SAMPLE_RATE)
+    if (rate // g) * (schema.SAMPLE_RATE // g) <= MAX_DENSE_KERNEL:
+        return rate, schema.SAMPLE_RATE
+    ratio = Fraction(schema.SAMPLE_RATE, rate).limit_denominator(1000)
+    return ratio.denominator, ratio.numerator
+
+
 def to_canonical_audio(samples: np.ndarray, rate: int) -> np.ndarray:
     """Channels-first audio at any rate -> mono float32 at 16 kHz (mean over channels)."""
     mono = samples.mean(axis=0) if samples.ndim == 2 else samples
     if rate == schema.SAMPLE_RATE:
         return mono.astype(np.float32)
-    return AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, schema.SAMPLE_RATE).numpy()
+    orig, new = resample_ratio(int(rate))
+    return AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), orig, new).numpy()
 
 
 def clean_text(text, where: str) -> str:
@@ -103,14 +151,17 @@ def load_utterance(raw: RawUtterance, args) -> dict:
     """Decode and check one utterance; returns a canonical row or raises `BadInput`."""
     where = raw.origin_file or raw.path or raw.id
     if raw.skip_reason:
-        raise BadInput(raw.skip_reason, where)
+        raise BadInput(raw.skip_reason, where, raw.skip_detail)
     text = clean_text(raw.text, where)
-    if raw.audio_bytes is None and not Path(raw.path).is_file():
+    if raw.audio_bytes is None and not is_file(raw.path):
         raise BadInput("missing_file", where)
     try:
         samples, rate = decode_file(raw.path or None, raw.audio_bytes)
     except Exception as e:  # noqa: BLE001 - any decoder failure means the same thing to the user
-        raise BadInput("corrupt_audio", where, f"{type(e).__name__}: {e}") from e
+        log.debug("%s: decoder error %s: %s", where, type(e).__name__, e)
+        raise BadInput("corrupt_audio", where, plain_decode_reason(raw.path, raw.audio_bytes)) from e
+    if not PLAUSIBLE_RATES[0] <= rate <= PLAUSIBLE_RATES[1]:
+        raise BadInput("corrupt_audio", where, f"sample rate {rate} Hz in its header is not plausible")
     if samples.size == 0 or samples.shape[-1] / rate < args.min_duration:
         raise BadInput("empty_audio", where, f"{samples.shape[-1]} samples")
     if not np.isfinite(samples).all():
@@ -218,8 +269,10 @@ def prepare(run, args) -> dict:
         seen.add(raw.id)
         rows.append(row)
     if not rows:
-        raise RuntimeError(
-            f"prepare: no usable utterance in source {args.source} {args.path!r}; dropped: {dict(dropped)}"
+        first = next(iter(examples.values()), [""])[0]
+        raise SourceError(
+            f"no usable utterance in source {args.source} {args.path!r}; dropped: {dict(dropped)}"
+            + (f"; e.g. {first}" if first else "")
         )
 
     wanted = {"speaker": set(args.target_speakers), "accent": set(args.target_accents)}
@@ -304,7 +357,11 @@ def prepare(run, args) -> dict:
 
 
 def main(argv=None):
-    run_stage("prepare", prepare, argv, __doc__)
+    try:
+        run_stage("prepare", prepare, argv, __doc__)
+    except (SourceError, BadInput) as e:
+        # Bad input, already explained (file, line, fix): a traceback would only bury the message.
+        raise SystemExit(f"prepare: {e}") from None
 
 
 if __name__ == "__main__":

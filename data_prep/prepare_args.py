@@ -32,6 +32,16 @@ class PrepareArgs:
     id_column: str = arg(
         "id", "Column holding a unique utterance id; when missing, ids come from file names or row numbers."
     )
+    encoding: str = arg(
+        "utf-8",
+        "Text encoding of the manifest (csv, jsonl, audiofolder metadata), e.g. latin-1 or cp1252 for files "
+        "saved by older tools; a byte that is not valid in it stops the run, naming the file and line.",
+    )
+    allow_outside_paths: bool = arg(
+        False,
+        "Let manifest rows name absolute paths or paths with `..` (csv, jsonl, audiofolder). Off: such a row is "
+        "skipped and counted as path_outside_folder; symlinks inside the folder are followed either way.",
+    )
     target_speakers: list[str] = arg(
         [],
         "Speakers that form the target; the other speakers go to the `source` split. Empty: every speaker is target.",

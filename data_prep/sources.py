@@ -8,12 +8,16 @@ same reasons and counts whatever the source. Audio is either a file path or enco
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
+import dataclasses
 import gzip
+import io
 import json
+import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Audio, load_dataset
@@ -34,7 +38,8 @@ class RawUtterance:
     path: str = ""  # audio file, or "" when the audio comes as bytes
     audio_bytes: bytes | None = None
     origin_file: str = ""  # where a problem should be reported (the audio file or manifest row)
-    skip_reason: str = ""  # set by a reader that knows this entry is not an utterance (a tone)
+    skip_reason: str = ""  # set by a reader that knows this entry is not usable (a tone, a refused path)
+    skip_detail: str = ""  # what exactly, for the message
 
 
 class SourceError(ValueError):
@@ -116,7 +121,7 @@ def _fsdd_accents(metadata_py: Path) -> dict[str, str]:
     # metadata.py holds one dict literal; read it with literal_eval instead of executing the file.
     if not metadata_py.is_file():
         return {}
-    tree = ast.parse(metadata_py.read_text())
+    tree = ast.parse(metadata_py.read_text(encoding="utf-8"))  # Python source is UTF-8
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
             meta = ast.literal_eval(node.value)
@@ -125,74 +130,228 @@ def _fsdd_accents(metadata_py: Path) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-def _records_from_table(
-    rows: Iterator[dict], base: Path, where: str, columns: dict[str, str]
-) -> Iterator[RawUtterance]:
-    """Rows of a CSV/JSONL manifest or an audiofolder's metadata -> records; paths relative to ``base``."""
-    audio_col = columns["audio"]
-    for i, row in enumerate(rows):
-        if audio_col not in row:
+# Manifests (CSV, JSONL, audiofolder metadata)
+#
+# The whole manifest is read and checked before the first row is handed on, so a wrong encoding,
+# a missing column or a target speaker the file does not hold stops the run before any audio is
+# decoded, naming the file, the line and the key to set.
+
+# What each logical column holds, for messages.
+_COLUMN_ROLE = {
+    "audio": "audio file path",
+    "text": "transcript",
+    "speaker": "speaker id",
+    "accent": "accent label",
+    "id": "utterance id",
+}
+
+
+@dataclass(frozen=True)
+class TableOptions:
+    """How to read a manifest: its columns, its text encoding, and where its audio may live."""
+
+    columns: dict[str, str]  # logical name (audio, text, speaker, accent, id) -> column name
+    encoding: str = "utf-8"
+    allow_outside_paths: bool = False  # accept absolute paths and `..` (default: confined to the folder)
+    required: tuple[str, ...] = ("audio", "text")  # logical columns the header must have
+    targets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # speaker/accent values asked for
+
+
+def check_encoding(encoding: str, key: str = "prepare.encoding") -> str:
+    """The codec to decode manifests with; utf-8 also accepts a byte-order mark (Excel writes one)."""
+    try:
+        name = codecs.lookup(encoding).name
+        b"x".decode(name, "ignore")  # refuses codecs that are not text encodings (hex, base64, rot13)
+    except LookupError:
+        raise SourceError(
+            f"{key} {encoding!r} is not a known text encoding; use a Python codec name "
+            "such as utf-8, latin-1 or cp1252"
+        ) from None
+    return "utf-8-sig" if name == "utf-8" else name
+
+
+def read_text_file(path: Path, encoding: str, key: str = "prepare.encoding") -> str:
+    """The whole file decoded with ``encoding``; on a bad byte, the error names the line and the fix."""
+    codec = check_encoding(encoding, key)
+    data = path.read_bytes()
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as e:
+        line = data[: e.start].decode(codec, errors="replace").count("\n") + 1
+        bad = data[e.start : e.end].hex(" ")
+        raise SourceError(
+            f"{path}, line {line}: not valid {encoding} (byte(s) {bad}); set `{key}` to the file's "
+            f"encoding (e.g. `{key}: latin-1` or `cp1252`), or re-save the file as UTF-8"
+        ) from None
+
+
+def _has_lone_surrogate(value) -> bool:
+    # JSON can spell "\udce9", a half of a UTF-16 pair that is no text: Arrow would fail on it later.
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _read_csv_rows(path: Path, encoding: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(header, [(line number, row)]) of a CSV file."""
+    reader = csv.DictReader(io.StringIO(read_text_file(path, encoding), newline=""))
+    rows = []
+    try:
+        header = list(reader.fieldnames or [])
+        # line_num after a row is its last physical line: exact unless a quoted cell spans lines
+        rows.extend((reader.line_num, row) for row in reader)
+    except csv.Error as e:  # e.g. a cell over csv's 128 KiB field limit
+        # DictReader.line_num lags a failed row; its inner reader's counts the line that failed
+        raise SourceError(
+            f"{path}, line {reader.reader.line_num}: not readable as CSV ({e}); fix that line"
+        ) from None
+    if not header:
+        raise SourceError(f"{path} is empty: a manifest needs a header line naming its columns")
+    return header, rows
+
+
+def _read_jsonl_rows(path: Path, encoding: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(every key seen, [(line number, row)]) of a JSONL file; blank lines are allowed."""
+    rows, keys = [], {}
+    # split on "\n" only: str.splitlines would also split inside strings at U+2028 and friends.
+    for n, line in enumerate(read_text_file(path, encoding).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
             raise SourceError(
-                f"{where}: row {i + 1} has no audio column {audio_col!r}; set `audio_column` to one of {sorted(row)}"
+                f"{path}, line {n}: not valid JSON ({e.msg}); each line must be one JSON object"
+            ) from None
+        if not isinstance(row, dict):
+            raise SourceError(
+                f"{path}, line {n}: a JSON {type(row).__name__}, not an object; each line must be one "
+                'JSON object such as {"audio": "a.wav", "text": "..."}'
             )
-        rel = str(row[audio_col] or "")
-        audio_path = Path(rel) if Path(rel).is_absolute() else base / rel
-        uid = str(row.get(columns["id"]) or "") or Path(rel).with_suffix("").as_posix().replace("/", "-")
-        yield RawUtterance(
-            id=uid,
-            text=row.get(columns["text"]),
-            speaker=str(row.get(columns["speaker"]) or ""),
-            accent=str(row.get(columns["accent"]) or ""),
-            path=str(audio_path),
-            origin_file=f"{audio_path} ({where}, row {i + 1})",
+        if any(_has_lone_surrogate(v) for v in (*row, *row.values())):
+            raise SourceError(
+                f"{path}, line {n}: holds a lone surrogate escape (e.g. \\udce9), which is not text; "
+                "write the character itself (the file is read as UTF-8 by default)"
+            )
+        keys.update(dict.fromkeys(row))
+        rows.append((n, row))
+    if not rows:
+        raise SourceError(f"{path} is empty: a JSONL manifest needs one JSON object a line")
+    return list(keys), rows
+
+
+def _check_header(where: str, found: list[str], opts: TableOptions, fixed: dict[str, str]) -> None:
+    """Every required column is in the header, or the error names it, the columns found and the fix."""
+    for role in opts.required:
+        name = opts.columns[role]
+        if name in found:
+            continue
+        why = f" (target_{role}s is set)" if role in opts.targets else ""
+        fix = (
+            fixed.get(role)
+            or f"set `prepare.{role}_column` to the column that holds the {_COLUMN_ROLE[role]}"
+        )
+        raise SourceError(
+            f"{where}: no {_COLUMN_ROLE[role]} column {name!r}{why}; columns found: {found}; {fix}"
         )
 
 
-def _read_csv_rows(path: Path) -> Iterator[dict]:
-    # Bytes that are not UTF-8 are kept as bytes so prepare can report *which* transcript is bad.
-    with open(path, "rb") as f:
-        lines = f.read().splitlines()
-    decoded = []
-    for raw in lines:
-        try:
-            decoded.append(raw.decode("utf-8-sig"))
-        except UnicodeDecodeError:
-            decoded.append(raw.decode("utf-8", errors="surrogateescape"))
-    for row in csv.DictReader(decoded):
-        yield {k: _undo_surrogates(v) for k, v in row.items()}
+def _check_targets(where: str, records: list[RawUtterance], targets: dict[str, tuple[str, ...]]) -> None:
+    """Target speakers/accents the manifest never names: a typo caught before decoding any audio."""
+    for role, wanted in targets.items():
+        listed = {getattr(r, role) for r in records}
+        unknown = sorted(set(wanted) - listed)
+        if unknown:
+            raise SourceError(
+                f"{where}: target_{role}s {unknown} not found; {role}s in the manifest: {sorted(listed)}"
+            )
 
 
-def _undo_surrogates(v):
-    if isinstance(v, str):
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            return v.encode("utf-8", errors="surrogateescape")
-    return v
+def confine(rel: str, base: Path, allow_outside: bool) -> tuple[Path, str]:
+    """(the audio path, why it is refused or ""): a manifest may name files inside its folder only.
+
+    Decided on the path as written: an absolute path or a `..` component is refused, unless
+    `allow_outside_paths` is set. Symlinks inside the folder are followed, not checked: putting
+    them there is the folder owner's choice (the Hub cache links snapshots/ to blobs/, and symlink
+    farms are a common way to assemble a corpus), whereas a manifest row is data that may come
+    from anyone. Any `..` is refused rather than normalised away: `link/../x` walks out of the
+    folder when `link` is a symlink, whatever `os.path.normpath` says.
+    """
+    p = Path(rel)
+    if allow_outside:
+        return (p if p.is_absolute() else base / p), ""
+    if p.is_absolute():
+        return p, f"an absolute path; only files under {base} are read"
+    if ".." in p.parts:
+        return base / p, f"`..` may lead out of {base}"
+    return base / p, ""
 
 
-def _read_jsonl_rows(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SourceError(
-                        f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object"
-                    ) from e
+def _records_from_table(
+    header: list[str],
+    rows: list[tuple[int, dict]],
+    base: Path,
+    where: str,
+    opts: TableOptions,
+    fixed: dict[str, str] | None = None,
+) -> list[RawUtterance]:
+    """Rows of a CSV/JSONL manifest or an audiofolder's metadata -> records; paths relative to ``base``.
+
+    A row that cannot name a usable audio file is still listed, with its skip reason, so the
+    prepare report counts it.
+    """
+    columns = opts.columns
+    _check_header(where, header, opts, fixed or {})
+    records = []
+    for line, row in rows:
+        cell = row.get(columns["audio"])
+        rel = "" if cell is None else str(cell)
+        skip, detail, audio_path = "", "", base
+        if not rel.strip() or "\x00" in rel:
+            skip, detail = "invalid_path", "empty" if not rel.strip() else "holds a NUL character"
+        else:
+            audio_path, detail = confine(rel, base, opts.allow_outside_paths)
+            skip = "path_outside_folder" if detail else ""
+        stem = os.path.splitext(Path(rel).as_posix())[0].replace("/", "-") if not skip else ""
+        uid = str(row.get(columns["id"]) or "") or stem or f"{Path(where).name}-line{line}"
+        records.append(
+            RawUtterance(
+                id=uid,
+                text=row.get(columns["text"]),
+                speaker=str(row.get(columns["speaker"]) or ""),
+                accent=str(row.get(columns["accent"]) or ""),
+                path="" if skip == "invalid_path" else str(audio_path),
+                origin_file=f"{rel if skip else audio_path} ({where}, line {line})",
+                skip_reason=skip,
+                skip_detail=detail,
+            )
+        )
+    _check_targets(where, records, opts.targets)
+    return records
 
 
-def read_manifest(path: str, columns: dict[str, str]) -> Iterator[RawUtterance]:
+def _read_table(path: Path, encoding: str):
+    return (
+        _read_jsonl_rows(path, encoding)
+        if path.suffix in (".jsonl", ".json")
+        else _read_csv_rows(path, encoding)
+    )
+
+
+def read_manifest(path: str, opts: TableOptions) -> Iterator[RawUtterance]:
     """A CSV or JSONL manifest: one row per utterance, audio paths relative to the manifest."""
     p = Path(path)
     if not p.is_file():
         raise SourceError(f"manifest {p} not found")
-    rows = _read_jsonl_rows(p) if p.suffix in (".jsonl", ".json") else _read_csv_rows(p)
-    yield from _records_from_table(rows, p.parent, str(p), columns)
+    header, rows = _read_table(p, opts.encoding)
+    yield from _records_from_table(header, rows, p.parent, str(p), opts)
 
 
-def read_audiofolder(path: str, columns: dict[str, str]) -> Iterator[RawUtterance]:
+def read_audiofolder(path: str, opts: TableOptions) -> Iterator[RawUtterance]:
     """A folder with `metadata.csv` (or `.jsonl`) whose `file_name` column names the audio files
     (the layout of `datasets`' audiofolder builder)."""
     root = Path(path)
@@ -204,20 +363,24 @@ def read_audiofolder(path: str, columns: dict[str, str]) -> Iterator[RawUtteranc
         raise SourceError(
             f"{root}: an audiofolder needs metadata.csv or metadata.jsonl with a `file_name` column"
         )
-    rows = _read_jsonl_rows(meta) if meta.suffix == ".jsonl" else _read_csv_rows(meta)
-    yield from _records_from_table(rows, root, str(meta), {**columns, "audio": "file_name"})
+    header, rows = _read_table(meta, opts.encoding)
+    opts = dataclasses.replace(opts, columns={**opts.columns, "audio": "file_name"})
+    fixed = {"audio": "an audiofolder names its audio files in a `file_name` column: rename that column"}
+    yield from _records_from_table(header, rows, root, str(meta), opts, fixed)
 
 
-def read_hub(name: str, config: str, split: str, columns: dict[str, str]) -> Iterator[RawUtterance]:
-    """A Hub dataset; audio is read undecoded (bytes) so decoding errors surface per utterance."""
+def read_hub(name: str, config: str, split: str, opts: TableOptions) -> Iterator[RawUtterance]:
+    """A Hub dataset; audio is read undecoded (bytes) so decoding errors surface per utterance.
+
+    Its paths are not confined: they come from the `datasets` cache (or are only names beside
+    the bytes), not from a manifest the user may have been handed.
+    """
+    columns = opts.columns
     ds = load_dataset(name, config or None, split=split)
-    if columns["audio"] not in ds.column_names:
-        raise SourceError(
-            f"Hub dataset {name} has no column {columns['audio']!r}; columns: {ds.column_names}"
-        )
+    _check_header(f"Hub dataset {name} [{split}]", ds.column_names, opts, {})
     ds = ds.cast_column(columns["audio"], Audio(decode=False))
     for i, row in enumerate(ds):
-        audio = row[columns["audio"]]
+        audio = row[columns["audio"]] or {}
         uid = str(row.get(columns["id"]) or f"{name.replace('/', '-')}-{split}-{i:07d}")
         yield RawUtterance(
             id=uid,
@@ -225,30 +388,53 @@ def read_hub(name: str, config: str, split: str, columns: dict[str, str]) -> Ite
             speaker=str(row.get(columns["speaker"]) or ""),
             accent=str(row.get(columns["accent"]) or ""),
             path="" if audio.get("bytes") else (audio.get("path") or ""),
-            audio_bytes=audio.get("bytes"),
+            audio_bytes=audio.get("bytes") or None,
             origin_file=f"{name}[{split}] row {i} ({audio.get('path') or 'bytes'})",
+            skip_reason="" if audio.get("bytes") or audio.get("path") else "invalid_path",
+            skip_detail="" if audio.get("bytes") or audio.get("path") else "the audio cell is empty",
         )
+
+
+def table_options(args) -> TableOptions:
+    """The manifest options of a `PrepareArgs`: columns, encoding, confinement, what must be there.
+
+    The speaker (accent) column is required only when target_speakers (target_accents) picks
+    values from it; otherwise a missing one means one speaker (no accent), as documented.
+    """
+    targets = {
+        role: tuple(values)
+        for role, values in (("speaker", args.target_speakers), ("accent", args.target_accents))
+        if values
+    }
+    return TableOptions(
+        columns={
+            "audio": args.audio_column,
+            "text": args.text_column,
+            "speaker": args.speaker_column,
+            "accent": args.accent_column,
+            "id": args.id_column,
+        },
+        encoding=args.encoding,
+        allow_outside_paths=args.allow_outside_paths,
+        required=("audio", "text", *targets),
+        targets=targets,
+    )
 
 
 def read_source(args) -> Iterator[RawUtterance]:
     """Dispatch on ``args.source`` (a `data_prep.prepare_args.PrepareArgs`)."""
-    columns = {
-        "audio": args.audio_column,
-        "text": args.text_column,
-        "speaker": args.speaker_column,
-        "accent": args.accent_column,
-        "id": args.id_column,
-    }
     if args.source == "asterisk":
         return read_asterisk(args.path)
     if args.source == "fsdd":
         return read_fsdd(args.path)
     if not args.path:
         raise SourceError(f"source={args.source} needs `path`")
+    opts = table_options(args)
+    check_encoding(opts.encoding)  # a typo in the encoding fails here, whatever the source
     if args.source == "audiofolder":
-        return read_audiofolder(args.path, columns)
+        return read_audiofolder(args.path, opts)
     if args.source in ("csv", "jsonl"):
-        return read_manifest(args.path, columns)
+        return read_manifest(args.path, opts)
     if args.source == "hub":
-        return read_hub(args.path, args.hub_config, args.hub_split, columns)
+        return read_hub(args.path, args.hub_config, args.hub_split, opts)
     raise SourceError(f"unknown source {args.source!r}")

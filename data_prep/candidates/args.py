@@ -30,6 +30,10 @@ class GenerateArgs:
     text_corpus: str = arg(
         "", "Text file, one sentence a line, whose lines join the target_train transcripts as TTS texts."
     )
+    text_corpus_encoding: str = arg(
+        "utf-8",
+        "Text encoding of text_corpus (e.g. latin-1); a byte not valid in it stops the run, naming the line.",
+    )
     perturb_recipe: str = arg(
         "default",
         "Perturbation recipe: a builtin (default, telephone) or a YAML/JSON file (format: data_prep/candidates/perturb/recipes.py).",

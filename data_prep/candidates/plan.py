@@ -18,6 +18,7 @@ from core import schema
 from core.seeding import derive_seed, stream_rng
 from data_prep.candidates import tts
 from data_prep.leakage import LeakageGuard, normalize_text
+from data_prep.sources import read_text_file
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +43,41 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", s).strip("_") or "x"
 
 
-def read_corpus(path: str) -> list[str]:
-    """The non-empty lines of a UTF-8 text file, stripped; errors name the file and the fix."""
+def read_corpus(path: str, encoding: str = "utf-8") -> list[str]:
+    """Every line of a text file, stripped (blank ones too, so the plan can count them); errors
+    name the file, the line and the fix."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(
             f"text_corpus {p} not found: give a UTF-8 text file with one sentence a line, or leave it empty"
         )
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"text_corpus {p} is not valid UTF-8 ({e}); re-save it as UTF-8") from None
-    return [line.strip() for line in lines if line.strip()]
+    text = read_text_file(p, encoding, key="generate.text_corpus_encoding")
+    # split on "\n" only: str.splitlines would also break a sentence at U+2028 or a form feed.
+    lines = [line.strip() for line in text.split("\n")]
+    if lines and not lines[-1]:
+        lines.pop()  # the newline that ends the last line does not start a blank one
+    return lines
 
 
 def plan_texts(
     train_texts: list[str], corpus: list[str], guard: LeakageGuard
 ) -> tuple[list[str], dict[str, int]]:
-    """Unique TTS texts (first spelling of each normalised sentence), test texts refused."""
+    """Unique TTS texts (first spelling of each normalised sentence), test texts refused.
+
+    Every input is counted once: train + corpus == blank_lines + empty + duplicate +
+    refused_protected + allowed (blank_lines: empty corpus lines; empty: nothing left after
+    normalisation, e.g. a line of punctuation).
+    """
     seen: set[str] = set()
     texts: list[str] = []
-    counts = dict(train=len(train_texts), corpus=len(corpus), empty=0, duplicate=0, refused_protected=0)
+    counts = dict(
+        train=len(train_texts), corpus=len(corpus), blank_lines=0, empty=0, duplicate=0, refused_protected=0
+    )
     for text in [*train_texts, *corpus]:
         norm = normalize_text(text)
-        if not norm:
+        if not text.strip():
+            counts["blank_lines"] += 1
+        elif not norm:
             counts["empty"] += 1
         elif norm in seen:
             counts["duplicate"] += 1
@@ -76,6 +88,11 @@ def plan_texts(
             seen.add(norm)
             texts.append(text)
     counts["allowed"] = len(texts)
+    if counts["blank_lines"]:
+        log.info(
+            "text_corpus: %d blank line(s) skipped (counted in the plan's texts.blank_lines)",
+            counts["blank_lines"],
+        )
     return texts, counts
 
 
@@ -180,7 +197,7 @@ def plan_jobs(run, args, data_dir: Path) -> tuple[list[Job], dict[str, Any]]:
     rows_by_split = _real_texts(data_dir, splits)
     jobs, plan["perturb"] = _perturb_jobs(rows_by_split, guard, args.copies_per_utterance, run.seed)
 
-    corpus = read_corpus(args.text_corpus) if args.text_corpus else []
+    corpus = read_corpus(args.text_corpus, args.text_corpus_encoding) if args.text_corpus else []
     texts, plan["texts"] = plan_texts(rows_by_split["target_train"]["text"], corpus, guard)
     if plan["texts"]["refused_protected"] and not texts:
         log.warning(
