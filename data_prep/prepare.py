@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from core import files, schema
 from core.config import run_stage, save_resolved
+from core.locks import stage_lock
 from core.paths import ExperimentPaths
 from core.seeding import stream_rng
 from data_prep.leakage import LeakageGuard, normalize_text
@@ -243,6 +244,7 @@ def cap(rows: list[dict], n: int, rng: np.random.Generator) -> tuple[list[dict],
     return [rows[i] for i in keep], len(rows) - n
 
 
+@stage_lock("prepare", lambda run, args: ExperimentPaths.of(run.output_dir).data)
 def prepare(run, args) -> dict:
     """Run the stage; returns the report it writes."""
     t0 = time.time()

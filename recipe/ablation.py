@@ -36,6 +36,7 @@ from pathlib import Path
 
 from core import files, paths
 from core.config import LOG_FORMAT, ConfigError, load_yaml, parse_cli
+from core.locks import output_lock
 from core.paths import ExperimentPaths
 from recipe.ablation_args import ARM_CANDIDATES, REFERENCE_ARM
 from recipe.ablation_report import plot, summarize, to_markdown
@@ -57,13 +58,18 @@ def _run(cmd: list[str]) -> None:
 
 
 def _run_once(cmd: list[str], out: Path, result: Path, what: str) -> None:
-    """Run ``cmd`` (writing into ``out``) unless ``result`` exists from the very same command."""
-    record = out / COMMAND_RECORD
-    if result.exists() and record.is_file() and files.read_json(record) == cmd[1:]:
-        log.info("%s: done, reusing %s", what, result)
-        return
-    _run(cmd)
-    files.write_json(cmd[1:], record)
+    """Run ``cmd`` (writing into ``out``) unless ``result`` exists from the very same command.
+
+    Under the lock of ``out``: two ablations started together (say on other seeds) share runs, and
+    the second waits for a run the first is making, then reuses it instead of training it again.
+    """
+    with output_lock(out, f"ablation run {what}"):
+        record = out / COMMAND_RECORD
+        if result.exists() and record.is_file() and files.read_json(record) == cmd[1:]:
+            log.info("%s: done, reusing %s", what, result)
+            return
+        _run(cmd)
+        files.write_json(cmd[1:], record)
 
 
 def _config(cfg: str | None) -> list[str]:
@@ -197,10 +203,13 @@ def ablation(run, args, cfg: str | None) -> dict:
         "filter_per_seed": filter_reports,
     }
     out = exp.ablation
-    files.write_json(summary, out / "ablation.json")
     md = to_markdown(summary)
-    (out / "ablation.md").write_text(md)
-    plot(summary, out / "ablation.png")
+    # Ablations run side by side (other seeds) each summarise their own runs; the lock keeps the
+    # three files from one of them, never a mix.
+    with output_lock(out / "ablation.json", "ablation summary"):
+        files.write_json(summary, out / "ablation.json")
+        files.atomic_file(out / "ablation.md", lambda tmp: Path(tmp).write_text(md))
+        plot(summary, out / "ablation.png")
     print(md)
     log.info("ablation: %s, %s, %s", out / "ablation.md", out / "ablation.json", out / "ablation.png")
     return summary

@@ -26,6 +26,7 @@ from core.asr import load_asr
 from core.asr.errors import error_counts
 from core.asr.normalize import get_normalizer
 from core.config import RunArgs, run_stage, save_resolved
+from core.locks import stage_lock
 from core.paths import ExperimentPaths
 from recipe.evaluate_args import EvaluateArgs
 from recipe.metrics.errors import bootstrap_ci, format_p, paired_bootstrap
@@ -157,12 +158,19 @@ def decode(asr, ds, args, name: str) -> tuple[list[dict], float]:
     return records, audio_seconds
 
 
+def _eval_dir(run: RunArgs, args: EvaluateArgs) -> Path:
+    """``<output_dir>/eval/<eval_name>``: what the stage writes, and what its lock guards."""
+    name = args.eval_name or paths.default_eval_name(args.model, args.split)
+    return ExperimentPaths.of(run.output_dir).eval(name)
+
+
+@stage_lock("evaluate", _eval_dir)
 def evaluate(run: RunArgs, args: EvaluateArgs) -> dict:
     """Decode ``args.split`` with ``args.model`` (or reuse an identical decoding), score it and
     write the evaluation folder; returns the results."""
     dataset = args.dataset or str(ExperimentPaths.of(run.output_dir).data)
     name = args.eval_name or paths.default_eval_name(args.model, args.split)
-    out_dir = ExperimentPaths.of(run.output_dir).eval(name)
+    out_dir = _eval_dir(run, args)
     decode_key = {
         "model": args.model,
         "model_fingerprint": model_fingerprint(args.model),

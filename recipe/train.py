@@ -17,6 +17,7 @@ final evaluations go to `<output_dir>/eval/<model>-<split>/`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ from transformers.utils import logging as hf_logging
 from core import files
 from core.asr import load_for_training
 from core.config import LOG_FORMAT, RunArgs, parse_cli, save_resolved
+from core.locks import output_lock
 from core.paths import ExperimentPaths
 from core.seeding import derive_seed, stream_rng
 from recipe.card import write_training_card
@@ -161,7 +163,20 @@ def main(argv: list[str] | None = None) -> dict:
         force=True,
     )
     hf_logging.set_verbosity(training_args.get_process_log_level())
-    return train(run, targs, training_args, argv)
+    with train_lock(Path(training_args.output_dir)):
+        return train(run, targs, training_args, argv)
+
+
+def train_lock(out_dir: Path) -> contextlib.AbstractContextManager:
+    """A second training into ``out_dir`` waits for the first, then resumes from its checkpoints.
+
+    Under a launcher every rank trains into the same folder, so each rank locks its own file: the
+    ranks of a second launch wait for the same ranks of the first, never for their own rank 0
+    (that would deadlock them in their first collective).
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    target = out_dir if rank == 0 else out_dir.with_name(f"{out_dir.name}.rank{rank}")
+    return output_lock(target, "train" if rank == 0 else f"train rank {rank}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ Steps: 1. plan every job (texts through the leakage guard, voices, seeds) identi
 process; 2. cut the plan into shards and run this process's unfinished shards; 3. the process
 that finds every shard finished merges them. A rerun skips finished shards whose fingerprint
 (their jobs, the recipe, the inputs) still matches, so a killed run resumes where it stopped.
+Each shard is made under a lock: two runs started on one output folder split the shards (each
+skips those the other is making, then waits for them before merging), and a temp folder is
+removed only when its shard's lock is free, i.e. its maker is dead.
 Planning is in ``plan.py``; making candidates, shard by shard, in ``shards.py``.
 """
 
@@ -46,7 +49,7 @@ from typing import Any
 import numpy as np
 from datasets import concatenate_datasets, load_from_disk
 
-from core import files, paths, schema
+from core import files, locks, paths, schema
 from core.config import run_stage, save_resolved
 from core.paths import ExperimentPaths
 from data_prep.candidates.perturb import load_recipe
@@ -78,7 +81,7 @@ def merge(
 ) -> dict[str, Any] | None:
     """Merge finished shards into ``dataset/`` (the rows whose id is not in ``real_copies``) and
     ``real_augmented/`` (those that are), and write ``report.json``; once per fingerprint."""
-    with files.file_lock(out_dir / ".merge.lock"):
+    with locks.output_lock(out_dir / paths.CANDIDATES_DATASET, "generate merge"):
         report_path = out_dir / "report.json"
         if report_path.is_file() and (out_dir / paths.CANDIDATES_DATASET).is_dir():
             previous = files.read_json(report_path)

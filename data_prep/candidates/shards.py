@@ -1,5 +1,10 @@
 """Shards of the generate stage: the worker that turns one ``Job`` into a candidate row, running a
-shard (written atomically, with its report as the "finished" marker) and summing shard reports."""
+shard (written atomically, with its report as the "finished" marker) and summing shard reports.
+
+A shard is made under its lock (core.locks, ``shards/.shard-XXXXX-of-YYYYY.lock``), so processes
+on one output folder (launcher ranks, or two runs started by hand) never make the same shard at
+once: one makes it, the others skip it and wait for it before merging.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import torchaudio.functional as AF
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from core import files, pool, schema
+from core import files, locks, pool, schema
 from core.seeding import derive_seed
 from data_prep.candidates import tts
 from data_prep.candidates.perturb import Recipe, load_recipe, perturb
@@ -218,14 +223,30 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run_shard(task: ShardTask) -> dict[str, Any]:
-    """Generate one shard and write it atomically; returns its report."""
-    torch.set_num_threads(1)  # one shard, one core: parallelism comes from shards
-    t0, cpu0 = time.time(), _cpu_seconds()
+def run_shard(task: ShardTask, wait: bool = False) -> dict[str, Any] | None:
+    """Generate one shard under its lock and write it atomically; returns its report.
+
+    When another live process holds the shard: None at once, or with ``wait`` its report once it
+    is finished (or this process makes it, if that process died before finishing).
+    """
     name = shard_name(task.index, task.num_shards)
     shards_dir = Path(task.shards_dir)
-    for stale in shards_dir.glob(f".{name}.tmp-*"):  # left by a killed run; this process owns the shard
-        shutil.rmtree(stale, ignore_errors=True)
+    with locks.output_lock(shards_dir / name, f"generate shard {task.index}", wait=wait) as held:
+        if not held:
+            log.info("%s is being made by %s: skipped here", name, locks.holder(shards_dir / name))
+            return None
+        if shard_done(shards_dir, task.index, task.num_shards, task.fingerprint):  # made meanwhile
+            return files.read_json(shards_dir / name / SHARD_MARKER)
+        # Only a dead process leaves a temp folder of a shard whose lock is free: a killed run.
+        for stale in shards_dir.glob(f".{name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return _make_shard(task, shards_dir / name)
+
+
+def _make_shard(task: ShardTask, out: Path) -> dict[str, Any]:
+    torch.set_num_threads(1)  # one shard, one core: parallelism comes from shards
+    t0, cpu0 = time.time(), _cpu_seconds()
+    name = out.name
     worker = _ShardWorker(task)
     rows = []
     for job in tqdm(task.jobs, desc=name, unit="cand", disable=not task.progress, leave=False):
@@ -244,21 +265,29 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
         "wall_seconds": time.time() - t0,
         "cpu_seconds": _cpu_seconds() - cpu0,
     }
-    with files.atomic_dir(shards_dir / name) as tmp:
+    with files.atomic_dir(out) as tmp:
         ds.save_to_disk(str(tmp))
         files.write_json(report, tmp / SHARD_MARKER)
     return report
 
 
 def run_shards(tasks: list[ShardTask], num_proc: int) -> None:
-    """Run the tasks here, or in ``num_proc`` spawned single-threaded workers."""
+    """Run the tasks here, or in ``num_proc`` spawned single-threaded workers; then wait for the
+    shards that other processes were making, and make any they left unfinished."""
+    skipped = []
     if num_proc <= 1 or len(tasks) <= 1:
         for task in tqdm(tasks, desc="shards", unit="shard", disable=len(tasks) <= 1):
-            run_shard(task)
-        return
-    tasks = [dataclasses.replace(t, progress=False) for t in tasks]
-    for _ in pool.imap_unordered(run_shard, tasks, num_proc, desc="shards", unit="shard"):
-        pass
+            if run_shard(task) is None:
+                skipped.append(task)
+    else:
+        tasks = [dataclasses.replace(t, progress=False) for t in tasks]
+        for i, report in pool.imap_unordered(run_shard, tasks, num_proc, desc="shards", unit="shard"):
+            if report is None:
+                skipped.append(tasks[i])
+    if skipped:
+        log.info("waiting for %d shard(s) that other processes are making", len(skipped))
+    for task in sorted(skipped, key=lambda t: t.index):
+        run_shard(task, wait=True)
 
 
 def _add(total: dict[str, Any], part: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from core import files, paths, schema
 from core.config import run_stage, save_resolved
+from core.locks import stage_lock
 from core.paths import ExperimentPaths
 from data_prep.filter.diagnostics import (
     effective_sample_size,
@@ -102,6 +103,7 @@ def load_target_train(data_dir: Path):
     return schema.load_split(path)
 
 
+@stage_lock("filter", lambda run, *_: ExperimentPaths.of(run.output_dir).filter)
 def run_filter(run, args, *estimator_options) -> dict:
     """The stage; ``estimator_options`` are the section's estimator options dataclasses as parsed
     (one not given takes its defaults). Returns the report."""

@@ -4,7 +4,9 @@ Results live under ``cache_dir/<embedder key>/<dataset fingerprint>.*`` with the
 beside them (``.ids.json``, checked on load) and the embedder's description (``embedder.json``), so
 a rerun (say with another ratio estimator) reads the file instead of recomputing. Embeddings are
 one ``.npy`` matrix; frame features one ``.frames.npz`` (all frames stacked plus per-utterance
-lengths). Files are written atomically.
+lengths). Files are written atomically, and each is made under its lock (core.locks): two filter
+runs embedding the same data at once (ablation seeds started together) compute it once, the
+second waiting for the first and then reading its file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from core import files, pool, schema
+from core import files, locks, pool, schema
 from data_prep.filter.embed.base import Embedder
 
 log = logging.getLogger(__name__)
@@ -93,26 +95,32 @@ def frame_features_dataset(
 
 
 def _cached(kind, ds, embedder: Embedder, cache_dir: CacheDir, batch_size: int, num_proc: int):
+    if cache_dir is None:
+        return _computed(kind, ds, embedder, batch_size, num_proc)
     ids = [str(i) for i in ds["id"]]
-    if cache_dir is not None:
-        folder = Path(cache_dir) / embedder.key
-        stem = folder / ds._fingerprint
-        path = stem.with_name(stem.name + kind.suffix)
-        ids_file = stem.with_name(stem.name + ".ids.json")
+    folder = Path(cache_dir) / embedder.key
+    stem = folder / ds._fingerprint
+    path = stem.with_name(stem.name + kind.suffix)
+    ids_file = stem.with_name(stem.name + ".ids.json")
+    with locks.output_lock(path, f"{kind.label} ({embedder.key})"):
         if path.exists() and _ids_match(ids_file, ids):
             value, problem = kind.read(path, len(ids), embedder)
             if value is not None:
                 log.info("%s of %d utterances from cache %s", kind.label, len(ids), path)
                 return value
             log.warning("cache %s %s; recomputing", path, problem)
+        value = _computed(kind, ds, embedder, batch_size, num_proc)
+        kind.write(path, value, embedder)
+        files.write_json(embedder.describe(), folder / "embedder.json")
+        files.write_json(ids, ids_file)
+    return value
+
+
+def _computed(kind, ds, embedder: Embedder, batch_size: int, num_proc: int):
     t0 = time.perf_counter()
     embedder.counters.clear()
     value = kind.assemble(_compute(ds, embedder, batch_size, num_proc, kind.frames), embedder)
     _log_done(kind.label, ds, embedder, time.perf_counter() - t0)
-    if cache_dir is not None:
-        kind.write(path, value, embedder)
-        files.write_json(embedder.describe(), folder / "embedder.json")
-        files.write_json(ids, ids_file)
     return value
 
 
