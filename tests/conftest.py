@@ -41,3 +41,16 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"shared data not found at {root}")
     return root
+
+
+def written(folder) -> list[str]:
+    """Files a run left under ``folder``, except the hidden lock files (``.<name>.lock``) that
+    stay on purpose (core.locks): "nothing written" means no output, not no lock."""
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".lock"))
+    )

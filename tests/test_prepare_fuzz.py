@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tone
+from conftest import tone, written
 
 from core.config import parse_args
 from data_prep.prepare import BadInput, prepare
@@ -206,7 +206,7 @@ def test_damaged_sources_are_accounted_for(tmp_path, clock, seed, case):
         # only a manifest problem (wrong encoding, damaged text) or nothing usable may stop a skip run
         msg = str(error)
         assert isinstance(error, SourceError) and ("line" in msg or "no usable utterance" in msg), msg
-        assert not out.exists()
+        assert not written(out)
         if file_encoding == "latin-1":  # José in Latin-1, read as UTF-8
             assert "prepare.encoding" in msg
         elif not damaged:
@@ -227,4 +227,4 @@ def test_damaged_sources_are_accounted_for(tmp_path, clock, seed, case):
         assert error is None and report["dropped"] == {}
     else:
         assert report is None and error is not None
-        assert not out.exists()
+        assert not written(out)
