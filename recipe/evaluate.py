@@ -25,6 +25,7 @@ from core import files, paths, schema
 from core.asr import load_asr
 from core.asr.errors import error_counts
 from core.asr.normalize import get_normalizer
+from core.checkpoint import model_fingerprint
 from core.config import RunArgs, run_stage, save_resolved
 from core.locks import stage_lock
 from core.paths import ExperimentPaths
@@ -111,27 +112,6 @@ def paired_markdown(name_a: str, name_b: str, p: dict) -> str:
 def read_hyps(path: str | Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def model_fingerprint(model: str) -> str:
-    """Identifies the weights a decode used: a local folder by its weight and config files' sizes and
-    mtimes (not the card or reports written after a decode), else the name."""
-    path = Path(model)
-    if not path.is_dir():
-        return model
-    decoding = {
-        "config.json",
-        "generation_config.json",
-        "preprocessor_config.json",
-        "tokenizer.json",
-        "vocab.json",
-    }
-    weights = sorted(
-        p
-        for p in path.iterdir()
-        if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name in decoding)
-    )
-    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights)
 
 
 def decode(asr, ds, args, name: str) -> tuple[list[dict], float]:

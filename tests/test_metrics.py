@@ -8,7 +8,8 @@ import pytest
 
 from core.asr.errors import error_counts
 from core.asr.normalize import get_normalizer
-from recipe.evaluate import compare, model_fingerprint, score
+from core.checkpoint import model_fingerprint
+from recipe.evaluate import compare, score
 from recipe.metrics import load_metric
 from recipe.metrics.errors import bootstrap_ci, format_p, paired_bootstrap
 

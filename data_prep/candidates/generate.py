@@ -21,12 +21,15 @@ Reads `<output_dir>/data` (prepare stage): `target_train` (texts and audio), `so
 - `dataset/`: the candidates of every shard merged (canonical schema; `origin` synthetic or
   perturbed, `parent_id`, `generator` = engine, voice, seed and each perturbation with its parameters).
 - `real_augmented/`: the perturbed copies of target_train, same schema (absent when there are none).
+- `gate/`: the intelligibility gate's decisions per shard (`<key>/shard-*.json`: hypothesis and CER
+  of every gated candidate) and `rejected.jsonl` (what the base model heard in each rejected one).
 - `report.json` (counts per engine/voice/op, failures by reason, audio hours, throughput) and
   `config.yaml`.
 
 Steps: 1. plan every job (texts through the leakage guard, voices, seeds) identically in every
-process; 2. cut the plan into shards and run this process's unfinished shards; 3. the process
-that finds every shard finished merges them. A rerun skips finished shards whose fingerprint
+process; 2. cut the plan into shards and run this process's unfinished shards; 3. the
+intelligibility gate (``gate.py``) decodes them with the base checkpoint; 4. the process that
+finds every shard finished merges them, less the candidates that do not say their transcript. A rerun skips finished shards whose fingerprint
 (their jobs, the recipe, the inputs) still matches, so a killed run resumes where it stopped.
 Each shard is made under a lock: two runs started on one output folder split the shards (each
 skips those the other is making, then waits for them before merging), and a temp folder is
@@ -37,6 +40,7 @@ Planning is in ``plan.py``; making candidates, shard by shard, in ``shards.py``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -52,6 +56,7 @@ from datasets import concatenate_datasets, load_from_disk
 from core import files, locks, paths, schema
 from core.config import run_stage, save_resolved
 from core.paths import ExperimentPaths
+from data_prep.candidates.gate import REJECTED_LIST, Gate
 from data_prep.candidates.perturb import load_recipe
 from data_prep.candidates.plan import plan_jobs
 from data_prep.candidates.shards import (
@@ -77,10 +82,18 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def merge(
-    out_dir: Path, num_shards: int, fingerprint: str, plan: dict[str, Any], run, args, real_copies: set[str]
+    out_dir: Path,
+    num_shards: int,
+    fingerprint: str,
+    plan: dict[str, Any],
+    run,
+    stage_args: tuple,
+    real_copies: set[str],
+    gate: Gate | None,
 ) -> dict[str, Any] | None:
-    """Merge finished shards into ``dataset/`` (the rows whose id is not in ``real_copies``) and
-    ``real_augmented/`` (those that are), and write ``report.json``; once per fingerprint."""
+    """Merge finished shards into ``dataset/`` (the rows whose id is not in ``real_copies``, less
+    those the gate rejected) and ``real_augmented/`` (those that are), and write ``report.json``;
+    once per fingerprint."""
     with locks.output_lock(out_dir / paths.CANDIDATES_DATASET, "generate merge"):
         report_path = out_dir / "report.json"
         if report_path.is_file() and (out_dir / paths.CANDIDATES_DATASET).is_dir():
@@ -100,8 +113,22 @@ def merge(
             )
         ds = concatenate_datasets(parts)
         is_copy = np.array([i in real_copies for i in ds["id"]], dtype=bool)
-        cands, augmented = ds.select(np.flatnonzero(~is_copy)), ds.select(np.flatnonzero(is_copy))
+        gate_report, rejected = None, set()
+        if gate is not None:
+            names = [p.name for p in shards]
+            meta = _gate_meta(ds)
+            rejected, gate_report = gate.rejected(names, meta)
+            gate.write_rejected(out_dir / "gate" / REJECTED_LIST, rejected, names, meta)
+        is_rejected = np.array([i in rejected for i in ds["id"]], dtype=bool)
+        cands = ds.select(np.flatnonzero(~is_copy & ~is_rejected))
+        augmented = ds.select(np.flatnonzero(is_copy & ~is_rejected))
         if not len(cands):
+            if rejected:
+                raise RuntimeError(
+                    f"the intelligibility gate rejected all {len(rejected)} candidates it decoded (CER above "
+                    f"gate_max_cer {gate.args.gate_max_cer} with {gate.args.gate_model}); see {out_dir / 'gate' / REJECTED_LIST} "
+                    "for what the model heard; check gate_language and the voices, or raise gate_max_cer"
+                )
             raise RuntimeError(
                 f"generate made {len(augmented)} perturbed copies of target_train but no candidate: add TTS engines "
                 "or a source split, or set target_copies_as_candidates: true"
@@ -112,6 +139,19 @@ def merge(
         else:  # a previous merge's copies must not outlive a config that makes none
             shutil.rmtree(out_dir / paths.REAL_AUGMENTED, ignore_errors=True)
         made = merge_reports(reports)
+        if gate_report is not None:
+            log.info(
+                "gate: rejected %d of %d candidates decoded (CER > %g with %s; by engine %s; %d decoded again "
+                "alone; %.0fx real time) -> %s",
+                gate_report["rejected"],
+                gate_report["decoded"],
+                gate_report["max_cer"],
+                gate_report["model"],
+                gate_report["by_engine"],
+                gate_report["decoded_alone"],
+                gate_report["x_real_time"] or 0,
+                out_dir / "gate" / REJECTED_LIST,
+            )
         report = {
             "stage": "generate",
             "fingerprint": fingerprint,
@@ -122,13 +162,23 @@ def merge(
             "candidates": len(cands),
             "by_origin": dict(sorted(Counter(cands["origin"]).items())),
             "real_augmented": len(augmented),
+            "gate": gate_report,
         }
-        save_resolved(out_dir / "config.yaml", "generate", run, args)
+        save_resolved(out_dir / "config.yaml", "generate", run, *stage_args)
         files.write_json(report, report_path)
     return report
 
 
-def generate(run, args) -> dict[str, Any] | None:
+def _gate_meta(ds) -> dict[str, dict[str, str]]:
+    """Text, engine and voice of every row, for the gate's report and rejected list."""
+    meta = {}
+    for i, text, gen in zip(ds["id"], ds["text"], ds["generator"], strict=True):
+        g = json.loads(gen)
+        meta[i] = {"text": text, "engine": g.get("engine", ""), "voice": g.get("voice", "")}
+    return meta
+
+
+def generate(run, args, gate_args) -> dict[str, Any] | None:
     """Run the stage; returns the merged report, or None while other processes still have shards."""
     t0 = time.time()
     exp = ExperimentPaths.of(run.output_dir)
@@ -144,6 +194,7 @@ def generate(run, args) -> dict[str, Any] | None:
         else {j.id for j in jobs if j.kind == "perturb" and j.split == "target_train"}
     )
     recipe = load_recipe(args.perturb_recipe)
+    gate = Gate(gate_args, out_dir / "gate") if gate_args.gate else None
     inputs = {split: schema.load_split(data_dir, split)._fingerprint for split in plan["perturb"]}
 
     # 2. Shards: job i goes to shard i % n, so every shard mixes engines and real speech.
@@ -185,7 +236,14 @@ def generate(run, args) -> dict[str, Any] | None:
     ]
     run_shards(tasks, args.num_proc)
 
-    # 3. Merge, by whichever process finds every shard finished.
+    def shard(i: int) -> tuple[Path, str]:
+        return shards_dir / shard_name(i, num_shards), fingerprints[i]
+
+    # 3. The intelligibility gate decodes the shards this process made (the GPU, when there is one).
+    if gate is not None:
+        gate.decide([shard(i) for i in mine if shard_done(shards_dir, i, num_shards, fingerprints[i])])
+
+    # 4. Merge, by whichever process finds every shard finished (it gates any shard left).
     pending = [i for i in range(num_shards) if not shard_done(shards_dir, i, num_shards, fingerprints[i])]
     if pending:
         log.info(
@@ -194,10 +252,14 @@ def generate(run, args) -> dict[str, Any] | None:
             num_shards,
         )
         return None
-    # Where the target_train copies go changes the merged datasets, not the shards.
-    split_rule = f"target_copies_as_candidates={args.target_copies_as_candidates}"
+    if gate is not None:
+        gate.decide([shard(i) for i in range(num_shards)])
+    # Where the target_train copies go and what the gate rejects change the merged datasets, not the shards.
+    split_rule = (
+        f"target_copies_as_candidates={args.target_copies_as_candidates};gate={gate.key if gate else 'off'}"
+    )
     overall = hashlib.sha256(("".join(fingerprints) + split_rule).encode()).hexdigest()[:16]
-    report = merge(out_dir, num_shards, overall, plan, run, args, real_copies)
+    report = merge(out_dir, num_shards, overall, plan, run, (args, gate_args), real_copies, gate)
     log.info(
         "generate: %d candidates (%s), %d perturbed copies of target_train in %s, %.2f h of audio; failures %s; "
         "refused %d test text(s) for TTS, %s for perturbation -> %s (%.0f s)",
