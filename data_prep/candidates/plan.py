@@ -17,6 +17,7 @@ import numpy as np
 from core import schema
 from core.seeding import derive_seed, stream_rng
 from data_prep.candidates import tts
+from data_prep.candidates.speakable import foreign_letters, language_of, unspeakable_symbols
 from data_prep.leakage import LeakageGuard, normalize_text
 from data_prep.sources import read_text_file
 
@@ -64,14 +65,21 @@ def plan_texts(
 ) -> tuple[list[str], dict[str, int]]:
     """Unique TTS texts (first spelling of each normalised sentence), test texts refused.
 
-    Every input is counted once: train + corpus == blank_lines + empty + duplicate +
-    refused_protected + allowed (blank_lines: empty corpus lines; empty: nothing left after
-    normalisation, e.g. a line of punctuation).
+    Every input is counted once: train + corpus == blank_lines + empty + unspeakable_symbols +
+    duplicate + refused_protected + allowed (blank_lines: empty corpus lines; empty: nothing left
+    after normalisation, e.g. a line of punctuation; unspeakable_symbols: emoji and the like,
+    which engines read differently or not at all while the label keeps them).
     """
     seen: set[str] = set()
     texts: list[str] = []
     counts = dict(
-        train=len(train_texts), corpus=len(corpus), blank_lines=0, empty=0, duplicate=0, refused_protected=0
+        train=len(train_texts),
+        corpus=len(corpus),
+        blank_lines=0,
+        empty=0,
+        unspeakable_symbols=0,
+        duplicate=0,
+        refused_protected=0,
     )
     for text in [*train_texts, *corpus]:
         norm = normalize_text(text)
@@ -79,6 +87,9 @@ def plan_texts(
             counts["blank_lines"] += 1
         elif not norm:
             counts["empty"] += 1
+        elif unspeakable_symbols(text):
+            counts["unspeakable_symbols"] += 1
+            log.debug("text refused for its symbols %r: %r", unspeakable_symbols(text), text)
         elif norm in seen:
             counts["duplicate"] += 1
         elif guard.is_protected(text):
@@ -165,12 +176,16 @@ def _tts_jobs(texts: list[str], run_seed: int, args) -> tuple[list[Job], dict[st
         voices = select_voices(
             engine.voices(), args.voices, args.max_voices_per_engine, derive_seed(run_seed, "voices", name)
         )
-        plan["engines"][name] = {"available": True, "voices": voices}
+        plan["engines"][name] = {"available": True, "voices": voices, "refused_foreign_script": 0}
         for voice in voices:
+            # Only texts written in the voice's language's script: others come out as letter names.
+            language = language_of(engine.accent(voice))
+            sayable = [t for t in texts if not foreign_letters(t, language)]
+            plan["engines"][name]["refused_foreign_script"] += len(texts) - len(sayable)
             rng = stream_rng(run_seed, "texts", name, voice)
-            n = len(texts) if not args.texts_per_voice else min(args.texts_per_voice, len(texts))
-            for i in sorted(rng.choice(len(texts), size=n, replace=False).tolist()):
-                text = texts[i]
+            n = len(sayable) if not args.texts_per_voice else min(args.texts_per_voice, len(sayable))
+            for i in sorted(rng.choice(len(sayable), size=n, replace=False).tolist()):
+                text = sayable[i]
                 cid = f"tts-{_slug(name)}-{_slug(voice)}-{hashlib.sha1(normalize_text(text).encode()).hexdigest()[:12]}"
                 seed = derive_seed(run_seed, cid)
                 coin = stream_rng(seed, "perturb?").random()

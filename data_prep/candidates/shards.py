@@ -30,11 +30,12 @@ from core.seeding import derive_seed
 from data_prep.candidates import tts
 from data_prep.candidates.perturb import Recipe, load_recipe, perturb
 from data_prep.candidates.plan import Job
+from data_prep.candidates.speakable import audio_problem
 
 log = logging.getLogger(__name__)
 
 # Bumped when the content of a candidate for the same job changes, so old shards are redone.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: synthesized audio must fit its text (speakable.audio_problem)
 SHARD_MARKER = "shard.json"
 # Failure examples kept per reason in a report: enough to see the pattern, short enough to read.
 MAX_EXAMPLES = 5
@@ -182,6 +183,10 @@ class _ShardWorker:
         # data_prep.candidates.tts engines raise SynthesisError for silence; a custom engine may not.
         if wav.numel() == 0 or not float(wav.abs().max()) >= tts.SILENCE_PEAK:
             self._fail("silent_synthesis", job, f"{job.engine} voice {job.voice} returned silence or NaN")
+            return None
+        problem = audio_problem(wav.numpy(), schema.SAMPLE_RATE, job.text)
+        if problem:
+            self._fail(problem[0], job, f"{job.engine} voice {job.voice} on {job.text[:60]!r}: {problem[1]}")
             return None
         record = {"recipe": "", "seed": None, "ops": [], "peak_scale": 1.0}
         if job.perturb:
