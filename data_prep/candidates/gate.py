@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from datasets import load_from_disk
 from tqdm.auto import tqdm
 
@@ -112,7 +114,9 @@ class Gate:
 
     def _transcribe(self, audio: list[np.ndarray], pack: bool) -> list[str]:
         if self._asr is None:
-            self._asr = load_asr(self.model_path, language=self.args.gate_language)
+            # Under a launcher every process gates its own shards on its own GPU.
+            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+            self._asr = load_asr(self.model_path, device=device, language=self.args.gate_language)
         return self._asr.transcribe(audio, batch_size=self.args.gate_batch_size, pack=pack)
 
     def decide_shard(self, shard_dir: Path, shard_fingerprint: str) -> None:
