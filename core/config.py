@@ -12,8 +12,9 @@ pyproject.toml, so this module finds every section without importing either side
 A stage parses ``run`` + its own section with ``HfArgumentParser``; ``--key value`` on the
 command line overrides the YAML. Every section of the file is checked against the dataclasses it
 feeds, so a typo anywhere fails at the first stage, naming the key; so is every value (type,
-choices, range and a field's own validator: ``core.validation``), and a command-line value is
-checked by the same rules before the stage starts. The resolved config of a stage is written
+choices, range and a field's own validator: ``core.validation``; values that must go together,
+by the section's ``check``), and a command-line value is checked by the same rules before the
+stage starts. The resolved config of a stage is written
 beside its output (``config.yaml``).
 """
 
@@ -93,18 +94,39 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Section:
-    """One YAML section: the dataclasses it fills, recipe defaults that differ from theirs, and
-    rules (bounds, validators) for fields of dataclasses we do not own, by field name."""
+    """One YAML section: the dataclasses it fills, recipe defaults that differ from theirs, rules
+    (bounds, validators) for fields of dataclasses we do not own, by field name, and ``check``:
+    a pure function of all the section's values (defaults filled in) that raises ``ValueError``
+    when values that are each valid do not go together."""
 
     name: str
     types: tuple[type, ...]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     rules: Mapping[str, Rule] = field(default_factory=dict)
+    check: Callable[[Mapping[str, Any]], object] | None = None
 
     def specs(self) -> dict[str, Spec]:
         """Every init field's validation spec, by name: the keys the section takes."""
         rules = tuple(sorted(self.rules.items()))
         return {k: v for t in self.types for k, v in specs(t, rules).items()}
+
+    def problem(self, values: Mapping[str, Any]) -> str | None:
+        """Why ``values`` (the section's keys set in a file or on the command line) do not go
+        together, filled in with the defaults; None when they do or when there is no ``check``."""
+        if self.check is None:
+            return None
+        full = {}
+        for t in self.types:
+            for f in dataclasses.fields(t):
+                if f.init and f.default is not dataclasses.MISSING:
+                    full[f.name] = f.default
+                elif f.init and f.default_factory is not dataclasses.MISSING:
+                    full[f.name] = f.default_factory()
+        try:
+            self.check({**full, **self.defaults, **values})
+        except ValueError as err:
+            return f"{self.name}: {err}"
+        return None
 
 
 @functools.cache
@@ -170,6 +192,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
         checked, bad = problems(known_values, fields, lambda k, v, s=name: f"{s}.{k}: {_show(v)}")
         raw[name] = {**values, **checked}
         found += bad
+        if name != "run" and not bad and (why := known[name].problem(checked)):
+            found.append(why)  # values that are each fine but do not go together
     if found:
         raise ConfigError("\n".join(f"{path}: {line}" for line in found))
     return raw
@@ -250,6 +274,8 @@ def parse_args(name: str, argv: list[str] | None = None, description: str | None
     # what is left to check is what the command line changed.
     found = problems(_changed(run_parser, run_ns), specs(RunArgs), _cli_label)[1]
     found += problems(_changed(stage_parser, stage_ns), sec.specs(), _cli_label)[1]
+    if not found and (why := sec.problem(vars(stage_ns))):
+        found.append(why)
     if (why := _output_dir_problem(run_ns.output_dir)) is not None:
         found.append(why)
     if found:

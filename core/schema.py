@@ -27,6 +27,7 @@ FILTER_COLUMNS = {
     "accepted": "bool",  # the seeded draw u < accept_prob
     "fold": "int32",  # cross-fitting fold whose model scored the row
     "weight": "float64",  # importance weight (mode: weights), clipped
+    "sample_group": "string",  # the group sampled within: normalized text (group_by: text), else ""
 }
 
 

@@ -118,6 +118,10 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
         ({"generate": {"perturb_synthetic_prob": 1.5}}, "generate.perturb_synthetic_prob: 1.5 is out of range: 0 <= perturb_synthetic_prob <= 1"),
         ({"filter": {"policy": "maximum"}}, "filter.policy: \"maximum\" is not valid: bad sampling policy 'maximum'"),
         ({"filter": {"policy": "budget:2.5"}}, "filter.policy: \"budget:2.5\" is not valid: bad sampling policy"),
+        ({"filter": {"policy": "per_group:0"}}, "filter.policy: \"per_group:0\" is not valid: bad sampling policy 'per_group:0': use `max`, `quantile:q` with 0 < q <= 1, `budget:N` with an integer N >= 1, or `per_group:k` with an integer k >= 1 (with group_by: text)"),
+        ({"filter": {"group_by": "speaker"}}, 'filter.group_by: "speaker" is not one of: none, text'),
+        # each value valid, together not: per_group:k needs groups
+        ({"filter": {"policy": "per_group:3"}}, "filter: policy per_group:3 accepts about k candidates per group, but group_by is none"),
         ({"filter": {"folds": 1}}, "filter.folds: 1 is out of range: folds >= 2"),
         ({"filter": {"temperature": 0}}, "filter.temperature: 0 is out of range: temperature > 0"),
         ({"train": {"max_steps": 1.5}}, "train.max_steps: 1.5 is not an integer"),
@@ -181,6 +185,16 @@ def test_command_line_values_pass_the_same_rules(tmp_path):
         "command line: --seed -1 is out of range: seed >= 0",
         "command line: --max_duration 0.0 is out of range: max_duration > 0",
     ]
+    # values that do not go together, wherever each came from
+    with pytest.raises(
+        ConfigError,
+        match=r"^filter: policy per_group:3 accepts about k candidates per group, but group_by is none",
+    ):
+        parse_args("filter", ["--policy", "per_group:3"])
+    grouped = write(tmp_path, {"filter": {"policy": "per_group:3", "group_by": "text"}})
+    assert parse_args("filter", ["--config", str(grouped)])[1].group_by == "text"
+    with pytest.raises(ConfigError, match="group_by is none"):
+        parse_args("filter", ["--config", str(grouped), "--group_by", "none"])
     # a good command-line value repairs nothing in a bad file: the file is checked as a whole
     cfg = write(tmp_path, {"prepare": {"test_fraction": 1.5}})
     with pytest.raises(ConfigError, match="prepare.test_fraction"):

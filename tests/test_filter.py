@@ -24,8 +24,9 @@ from data_prep.filter.embed.mfcc import MfccStats
 from data_prep.filter.estimators import ESTIMATORS, get_estimator
 from data_prep.filter.sample import rejection_sample
 from data_prep.filter.stage import make_embedder, run_filter
+from data_prep.leakage import normalize_text
 
-SCORED_COLUMNS = ("log_ratio", "accept_prob", "accepted", "fold", "weight")
+SCORED_COLUMNS = ("log_ratio", "accept_prob", "accepted", "fold", "weight", "sample_group")
 FIGURES = ("ratio_distribution.png", "per_generator.png", "per_voice.png", "per_perturbation.png")
 
 
@@ -223,6 +224,48 @@ def test_weights_mode_keeps_everyone_and_diagnoses_the_weighted_set(tones_exp, t
     assert all((tmp_path / "filter" / "figures" / name).is_file() for name in FIGURES)
 
 
+def test_grouped_by_text_every_text_keeps_a_rendering(tones_exp, tmp_path):
+    """20 texts said by the three voices (one of them far from the target) and 30 target prompts
+    copied once: per text, M and at least one accepted, whatever its renderings' ratios."""
+    exp, _, _ = tones_exp
+    report = filter_stage(exp, "--group_by", "text", "--policy", "per_group:2", output_dir=tmp_path)
+    scored = (
+        load_scored(tmp_path).select_columns(["text", "sample_group", "accepted", "accept_prob"]).to_dict()
+    )
+    assert scored["sample_group"] == [normalize_text(t) for t in scored["text"]]
+    groups, accepted = np.array(scored["sample_group"]), np.array(scored["accepted"])
+    assert len(set(groups)) == 50 and set(groups[accepted]) == set(groups)  # no text lost
+    prob = np.array(scored["accept_prob"])
+    for g in set(groups):  # about 2 per text: exactly 2 expected with three renderings, 1 with one
+        assert prob[groups == g].sum() == pytest.approx(min(2, (groups == g).sum()))
+    grouping = report["grouping"]
+    assert report["group_by"] == "text" and report["log_M"] is None
+    assert grouping["n_groups"] == 50 and grouping["groups_with_accepted"] == 50
+    assert 0 <= grouping["fallback_groups"] <= 20 and grouping["groups_without_nonzero_ratio"] == 0
+    assert report["n_accepted"] == accepted.sum() and all(
+        (tmp_path / "filter" / "figures" / f).is_file() for f in FIGURES
+    )
+    # the same seed accepts the same renderings
+    filter_stage(exp, "--group_by", "text", "--policy", "per_group:2", output_dir=tmp_path / "again")
+    assert load_scored(tmp_path / "again")["accepted"] == scored["accepted"]
+
+
+def test_per_group_without_groups_is_refused_before_anything_is_embedded(tones_exp, tmp_path, monkeypatch):
+    exp, _, _ = tones_exp
+    counter = CountingEmbed(monkeypatch)
+    with pytest.raises(
+        ConfigError, match="per_group:2 accepts about k candidates per group, but group_by is none"
+    ):
+        filter_stage(exp, "--policy", "per_group:2", output_dir=tmp_path)
+    # args built in code, not parsed: the stage checks again before it loads or embeds anything
+    run, args, *options = parse_args("filter", ["--output_dir", str(tmp_path), "--data_dir", str(exp / "data"),
+                                                "--policy", "per_group:2", "--group_by", "text"])  # fmt: skip
+    args.group_by = "none"
+    with pytest.raises(ValueError, match="group_by is none"):
+        run_filter(run, args, *options)
+    assert counter.utterances == 0 and not (tmp_path / "filter").exists()
+
+
 @pytest.mark.parametrize(
     "method, options",
     [
@@ -274,7 +317,7 @@ def test_section_keys_come_from_the_stage_and_the_estimator_registry():
         "data_dir", "candidates_dir", "embedder", "embedder_model", "embeddings_dir", "embed_batch_size",
         "num_proc", "method",
         "classifier", "folds", "pca_dim", "max_components", "ubm_components", "relevance", "temperature",
-        "policy", "mode", "weight_clip", "heldout_fraction", "threads",
+        "policy", "group_by", "mode", "weight_clip", "heldout_fraction", "threads",
         "max_truncation", "ubm_calibration",  # added with grouped cross-fitting for every estimator
     }  # fmt: skip
     method = next(f for f in dataclasses.fields(FilterArgs) if f.name == "method")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from core.config import Section, arg
 from data_prep.filter.estimators import ESTIMATORS, option_types
-from data_prep.filter.sample import MAX_TRUNCATION, parse_policy
+from data_prep.filter.sample import GROUP_BY, MAX_TRUNCATION, check_grouping, parse_policy
 
 
 @dataclass
@@ -56,8 +56,19 @@ class FilterArgs:
         "max",
         "The bound M of rejection sampling: `max` (exact: M = max r, guarded by max_truncation), `quantile:q` "
         "(quasi-rejection: M = q-quantile of r, accepts more, not exact), `budget:N` (M such that about N are "
-        "accepted). With no cross-fitted skill every policy falls back to a uniform draw of the same expected size.",
+        "accepted), `per_group:k` (group_by: text only: M per group such that about k are accepted in each). "
+        "With group_by: text, M is chosen per group by the same rule (budget:N: N spread over the groups in "
+        "proportion to their sizes). With no cross-fitted skill every policy falls back to a uniform draw of the "
+        "same expected size.",
         validate=parse_policy,  # here, not after embedding and cross-fitting
+    )
+    group_by: str = arg(
+        "none",
+        "none: one rejection sample over all candidates. text: rejection sampling within each text's renderings "
+        "(texts compared after the leakage guard's normalization), M per group, and at least one accepted per "
+        "text (a draw in proportion to r when the group's draws accept none), so selecting target-like acoustics "
+        "never drops a text.",
+        choices=list(GROUP_BY),
     )
     max_truncation: float = arg(
         MAX_TRUNCATION,
@@ -90,4 +101,9 @@ class FilterArgs:
 
 # The estimators' own keys (classifier, max_components, ubm_components, ...) come from their
 # options dataclasses, so --help lists them and an unknown key stays an error.
-SECTION = Section("filter", (FilterArgs, *option_types()))
+def check_section(values) -> None:
+    """Keys that are each valid but do not go together (run at parse time, before any embedding)."""
+    check_grouping(values["policy"], values["group_by"])
+
+
+SECTION = Section("filter", (FilterArgs, *option_types()), check=check_section)

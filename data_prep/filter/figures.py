@@ -32,7 +32,8 @@ def plot_figures(
 ) -> list[str]:
     """`ratio_distribution.png` (log r of all candidates, of the accepted or weighted ones, of the
     out-of-fold target, and log M) and `per_<kind>.png` (each candidate's log r per group, and the
-    acceptance rate or mean weight of the group). Returns the file names written."""
+    acceptance rate or mean weight of the group). ``log_m`` None: no single M to draw (grouped
+    sampling has one per text). Returns the file names written."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     plot_ratio_distribution(fig_dir / "ratio_distribution.png", log_ratio, accepted, log_m, weights, mode,
                             target_log_ratio)  # fmt: skip
@@ -52,7 +53,7 @@ def plot_ratio_distribution(
     shown = log_ratio if target_log_ratio is None else np.r_[log_ratio, target_log_ratio]
     # The lowest 0.5% are cut: a long left tail of hopeless candidates would squeeze the region
     # that matters (near log M) into a few bins. Values outside the range go to the edge bins.
-    lo, hi = np.percentile(shown, 0.5), max(float(np.max(shown)), log_m) + 0.5
+    lo, hi = np.percentile(shown, 0.5), max(float(np.max(shown)), -np.inf if log_m is None else log_m) + 0.5
     bins = np.linspace(lo, hi, 50)
 
     def clipped(x):
@@ -69,7 +70,8 @@ def plot_ratio_distribution(
     else:
         ax.hist(clipped(log_ratio[accepted]), bins=bins, alpha=0.8, color="tab:green",
                 label=f"accepted ({int(accepted.sum())})")  # fmt: skip
-        ax.axvline(log_m, color="tab:red", ls="--", label=f"log M = {log_m:.2f}")
+        if log_m is not None:
+            ax.axvline(log_m, color="tab:red", ls="--", label=f"log M = {log_m:.2f}")
     ax.set_xlabel("log r(x) = log p_target(x) - log q_candidates(x)")
     ax.set_ylabel("candidates")
     handles, labels = ax.get_legend_handles_labels()
@@ -106,7 +108,7 @@ def plot_per_group(
             part = rng.permutation(part)[:MAX_POINTS_PER_GROUP]
             jitter = rng.uniform(-0.3, 0.3, len(part))
             axes[0].scatter(log_ratio[part], row + jitter, s=size, c=color, alpha=0.7, linewidths=0)
-    if mode != "weights":
+    if mode != "weights" and log_m is not None:
         axes[0].axvline(log_m, color="tab:red", ls="--", label=f"log M = {log_m:.2f}")
         axes[0].legend(loc="best", fontsize=7)
     axes[0].set_yticks(range(len(names)), names, fontsize=7)

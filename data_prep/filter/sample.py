@@ -10,6 +10,20 @@ the diversity of p instead of piling onto its mode. The bound M comes from a pol
 * ``quantile:q``: M = the q-quantile of r (quasi-rejection sampling): candidates above it are all
   kept, so more are accepted; the accepted set is closer to p than q is, but no longer exact.
 * ``budget:N``: M solved so the expected number accepted, sum_i min(1, r_i/M), equals N.
+* ``per_group:k`` (grouped only, below): M solved per group like ``budget``, k per group.
+
+Grouped sampling (``filter.group_by: text``): the candidates are split into groups (all renderings
+of one normalized text) and rejection sampling runs within each group with its own M from the same
+policy. If acoustics and text are independent under both p and q, r(x) is the same function
+inside every group and ``max`` per group is exact for p(x | text): the accepted renderings of each
+text are draws from the target's acoustics, while every text keeps its place. ``budget:N`` gives
+group g the share N n_g / n of the budget (n_g: its candidates with a nonzero ratio), so each
+text's share of the accepted set is its share of the pool (the text mix the plan chose) and only
+the choice of renderings changes; ``per_group:k`` gives every text the same k instead (a group with
+at most k candidates keeps them all). Every group with a nonzero ratio keeps at least one: when its
+draws accept none, one candidate is drawn in proportion to r within the group (importance
+resampling: p(x | text) restricted to its renderings), so a text is never lost for want of a
+target-like rendering. With more groups than N, ``budget:N`` therefore accepts about one per group.
 
 The winner's curse: the largest of n noisy log ratios overshoots the true maximum by about
 sigma sqrt(2 log n) (3.7 sigma at n = 1,000), so M = max r rejects nearly everything because of
@@ -35,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,7 +57,9 @@ from core.seeding import stream_rng
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("max", "quantile:q", "budget:N")
+POLICIES = ("max", "quantile:q", "budget:N", "per_group:k")
+# filter.group_by: `none`, one sample over all candidates; `text`, one per normalized text.
+GROUP_BY = ("none", "text")
 # The `max` policy's truncation bound eps: at most 1% of the accepted distribution's mass moved (in
 # total variation). With exact ratios that cost nothing measurable; with estimated ones in 8-D it
 # nearly doubled the accepted set back to the exact ratio's size (figures in the docstring above).
@@ -55,7 +72,8 @@ DEFAULT_CLIP = 10.0
 
 
 def parse_policy(policy: str) -> tuple[str, float | None]:
-    """``"max"`` -> ("max", None); ``"quantile:0.9"`` -> ("quantile", 0.9); ``"budget:5000"`` -> ("budget", 5000)."""
+    """``"max"`` -> ("max", None); ``"quantile:0.9"`` -> ("quantile", 0.9); ``"budget:5000"`` -> ("budget", 5000);
+    ``"per_group:3"`` -> ("per_group", 3)."""
     kind, _, value = policy.strip().partition(":")
     if kind == "max" and not value:
         return "max", None
@@ -65,11 +83,23 @@ def parse_policy(policy: str) -> tuple[str, float | None]:
         number = math.nan
     if kind == "quantile" and 0 < number <= 1:
         return "quantile", number
-    if kind == "budget" and number >= 1 and number == int(number):
-        return "budget", number
+    if kind in ("budget", "per_group") and number >= 1 and number == int(number):
+        return kind, number
     raise ValueError(
-        f"bad sampling policy {policy!r}: use `max`, `quantile:q` with 0 < q <= 1, or `budget:N` with an integer N >= 1"
+        f"bad sampling policy {policy!r}: use `max`, `quantile:q` with 0 < q <= 1, `budget:N` with an integer "
+        "N >= 1, or `per_group:k` with an integer k >= 1 (with group_by: text)"
     )
+
+
+def check_grouping(policy: str, group_by: str) -> None:
+    """Raise ValueError when ``policy`` and ``group_by`` do not go together: ``per_group:k`` needs groups."""
+    if group_by not in GROUP_BY:
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}, got {group_by!r}")
+    if parse_policy(policy)[0] == "per_group" and group_by == "none":
+        raise ValueError(
+            f"policy {policy} accepts about k candidates per group, but group_by is none (no groups): set "
+            "group_by: text, or use budget:N for a total count"
+        )
 
 
 def accept_probabilities(
@@ -83,20 +113,27 @@ def accept_probabilities(
     """
     lr = _check_log_ratio(log_ratio)
     kind, value = parse_policy(policy)
-    finite = lr[np.isfinite(lr)]
-    if kind == "max":
-        log_m = _guarded_max_log_m(finite, max_truncation)
-    elif kind == "quantile":
-        # "higher" picks an actual log ratio (no interpolation with -inf); q = 1 is the max policy.
-        log_m = float(np.quantile(lr, value, method="higher"))
-        if not np.isfinite(log_m):
-            raise ValueError(f"the {value} quantile of the ratios is 0 (too many -inf log ratios): raise q")
-    else:
-        log_m = _budget_log_m(finite, int(value))
+    if kind == "per_group":
+        raise ValueError(f"policy {policy} needs groups: use the grouped sampler (group_by: text)")
+    log_m = _log_m(lr, kind, value, max_truncation)
     prob = np.exp(np.minimum(lr - log_m, 0.0))
     if uniform:
         prob = np.full(len(prob), prob.mean())
     return prob, log_m
+
+
+def _log_m(lr: np.ndarray, kind: str, value: float | None, max_truncation: float) -> float:
+    """log M of one set of log ratios (at least one finite) under ``kind``; a budget may be fractional."""
+    finite = lr[np.isfinite(lr)]
+    if kind == "max":
+        return _guarded_max_log_m(finite, max_truncation)
+    if kind == "quantile":
+        # "higher" picks an actual log ratio (no interpolation with -inf); q = 1 is the max policy.
+        log_m = float(np.quantile(lr, value, method="higher"))
+        if not np.isfinite(log_m):
+            raise ValueError(f"the {value} quantile of the ratios is 0 (too many -inf log ratios): raise q")
+        return log_m
+    return _budget_log_m(finite, value)
 
 
 def rejection_sample(
@@ -127,6 +164,134 @@ def rejection_sample(
         float(prob.sum()),
     )
     return accepted
+
+
+@dataclass
+class GroupedSample:
+    """The outcome of :func:`rejection_sample_by_group`: per candidate and per group."""
+
+    accepted: np.ndarray  # bool, per candidate
+    prob: np.ndarray  # acceptance probability min(1, r / M_g) (the fallback draw not included)
+    names: np.ndarray  # group labels, sorted
+    log_m: np.ndarray  # log M of each group; NaN for a group whose ratios are all zero
+    n_candidates: np.ndarray  # per group
+    n_accepted: np.ndarray  # per group, the fallback's one included
+    fallback: np.ndarray  # bool per group: its one accepted came from the fallback draw
+
+    def summary(self, examples: int = 5) -> dict:
+        """Counts for the filter report: groups kept, groups that needed the fallback (and a few names)."""
+        has_ratio = np.isfinite(self.log_m)
+        return {
+            "n_groups": len(self.names),
+            "groups_with_accepted": int((self.n_accepted > 0).sum()),
+            "groups_without_nonzero_ratio": int((~has_ratio).sum()),
+            "fallback_groups": int(self.fallback.sum()),
+            "fallback_examples": [str(g) for g in self.names[self.fallback][:examples]],
+            "accepted_per_group_min_median_max": _spread(self.n_accepted),
+            "candidates_per_group_min_median_max": _spread(self.n_candidates),
+            "log_M_min_median_max": _spread(self.log_m[has_ratio]),
+        }
+
+
+def _spread(x: np.ndarray) -> list[float] | None:
+    return [float(v) for v in np.percentile(x, [0, 50, 100])] if len(x) else None
+
+
+def accept_probabilities_by_group(
+    log_ratio, groups, policy: str = "max", *, max_truncation: float = MAX_TRUNCATION, uniform: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Acceptance probability min(1, r/M_g) of every candidate, with M_g from ``policy`` within its group.
+
+    Returns (prob, names, member, log_m): the sorted group labels, each candidate's index into
+    them and each group's log M (NaN where every ratio in the group is zero: nothing to accept).
+    ``max`` and ``quantile:q`` apply within each group; ``budget:N`` solves group g for
+    N n_g / n (n_g, n: candidates with a nonzero ratio in g, in all); ``per_group:k`` for
+    min(k, n_g). ``uniform``: each group's mean probability for all its members (the no-skill
+    fallback, the expected count per group the policy gave).
+    """
+    lr = _check_log_ratio(log_ratio)
+    groups = np.asarray(groups)
+    if groups.shape != lr.shape:
+        raise ValueError(f"{len(groups)} group labels for {len(lr)} log ratios")
+    kind, value = parse_policy(policy)
+    names, member = np.unique(groups, return_inverse=True)
+    finite = np.isfinite(lr)
+    n_finite = np.bincount(member, weights=finite, minlength=len(names))
+    if kind == "budget" and value > n_finite.sum():
+        raise ValueError(
+            f"budget:{int(value)} exceeds the {int(n_finite.sum())} candidates with nonzero ratio: lower the budget"
+        )
+    prob = np.zeros(len(lr))
+    log_m = np.full(len(names), np.nan)
+    for g, ix in enumerate(_members(member, len(names))):
+        if n_finite[g] == 0:
+            continue  # every ratio zero: acceptance probability 0, nothing to solve
+        if kind == "budget":
+            share = value * n_finite[g] / n_finite.sum()
+            log_m[g] = _log_m(lr[ix], "budget", min(share, n_finite[g]), max_truncation)
+        elif kind == "per_group":
+            log_m[g] = _log_m(lr[ix], "budget", min(value, n_finite[g]), max_truncation)
+        else:
+            try:
+                log_m[g] = _log_m(lr[ix], kind, value, max_truncation)
+            except ValueError as err:
+                raise ValueError(f"group {names[g]!r}: {err}") from None
+        prob[ix] = np.exp(np.minimum(lr[ix] - log_m[g], 0.0))
+        if uniform:
+            prob[ix] = prob[ix].mean()
+    return prob, names, member, log_m
+
+
+def rejection_sample_by_group(
+    log_ratio,
+    groups,
+    policy: str = "max",
+    seed: int = 0,
+    *,
+    max_truncation: float = MAX_TRUNCATION,
+    uniform: bool = False,
+) -> GroupedSample:
+    """Rejection sampling within each group (:func:`accept_probabilities_by_group`), at least one
+    accepted in every group with a nonzero ratio.
+
+    Each group draws from its own stream, ``stream_rng(seed, "filter", "accept", label)``, one
+    uniform per member in input order: a group's accepted set depends on the seed and on its own
+    candidates only, not on which other groups exist. A group whose draws accept none gets one
+    candidate drawn in proportion to r among its members with a nonzero ratio (uniformly with
+    ``uniform``: the ratios are noise then), from ``stream_rng(seed, "filter", "fallback", label)``.
+    """
+    lr = _check_log_ratio(log_ratio)
+    prob, names, member, log_m = accept_probabilities_by_group(
+        lr, groups, policy, max_truncation=max_truncation, uniform=uniform
+    )
+    accepted = np.zeros(len(lr), dtype=bool)
+    fallback = np.zeros(len(names), dtype=bool)
+    n_candidates = np.zeros(len(names), dtype=np.int64)
+    for g, ix in enumerate(_members(member, len(names))):
+        n_candidates[g] = len(ix)
+        label = str(names[g])
+        accepted[ix] = stream_rng(seed, "filter", "accept", label).random(len(ix)) < prob[ix]
+        if accepted[ix].any() or np.isnan(log_m[g]):
+            continue
+        live = ix[np.isfinite(lr[ix])]
+        w = np.ones(len(live)) if uniform else np.exp(lr[live] - lr[live].max())
+        accepted[stream_rng(seed, "filter", "fallback", label).choice(live, p=w / w.sum())] = True
+        fallback[g] = True
+    n_accepted = np.bincount(member, weights=accepted, minlength=len(names)).astype(np.int64)
+    out = GroupedSample(accepted, prob, names, log_m, n_candidates, n_accepted, fallback)
+    logger.info(
+        "grouped rejection sampling (%s%s, %d groups): accepted %d of %d candidates (%.1f%%), expected %.1f "
+        "before the fallback; %d groups kept one by the fallback draw, %d have no nonzero ratio (none kept)",
+        policy, ", uniform fallback" if uniform else "", len(names), int(accepted.sum()), len(lr),
+        100 * accepted.mean(), float(prob.sum()), int(fallback.sum()), int(np.isnan(log_m).sum()),
+    )  # fmt: skip
+    return out
+
+
+def _members(member: np.ndarray, n_groups: int) -> list[np.ndarray]:
+    """Indices of each group's candidates, in input order (a stable sort keeps it)."""
+    order = np.argsort(member, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(member, minlength=n_groups))[:-1])
 
 
 def importance_weights(log_ratio, clip: float = DEFAULT_CLIP) -> np.ndarray:
@@ -183,8 +348,9 @@ def _guarded_max_log_m(lr: np.ndarray, eps: float) -> float:
     return top + math.log(m) if m > 0 else top
 
 
-def _budget_log_m(lr: np.ndarray, budget: int) -> float:
-    """log M with sum_i min(1, exp(lr_i - log M)) = budget, exactly (no iteration).
+def _budget_log_m(lr: np.ndarray, budget: float) -> float:
+    """log M with sum_i min(1, exp(lr_i - log M)) = budget, exactly (no iteration). The budget may
+    be fractional (a group's share of ``budget:N``).
 
     With the ratios sorted in decreasing order s_1 >= s_2 >= ..., if the k largest are capped at
     probability 1 the expected count is k + exp(L_k - log M), with L_k = logsumexp(s_{k+1}, ...),
@@ -193,7 +359,7 @@ def _budget_log_m(lr: np.ndarray, budget: int) -> float:
     """
     n = len(lr)
     if budget > n:
-        raise ValueError(f"budget:{budget} exceeds the {n} candidates with nonzero ratio: lower the budget")
+        raise ValueError(f"budget:{budget:g} exceeds the {n} candidates with nonzero ratio: lower the budget")
     if budget == n:
         return float(lr.min())
     s = np.sort(lr)[::-1]

@@ -7,12 +7,14 @@ Steps: 1. load target_train (p) and the candidates (q); 2. embed both (cached un
 for the diagnostics only; 4. estimate log r(x) = log p(x) - log q(x) for every candidate
 (cross-fitted over folds that keep a target utterance and its perturbed copies together);
 5. accept x with probability min(1, r(x)/M), one seeded draw each (a uniform draw when the
-ratios have no cross-fitted skill), and compute importance weights; 6. diagnostics on the
-held-out target (AUC, MMD, ESS), in the embedding space and in the estimator's; 7. write.
+ratios have no cross-fitted skill), over all candidates or, with `group_by: text`, within each
+text's renderings (M per text, at least one accepted per text), and compute importance weights;
+6. diagnostics on the held-out target (AUC, MMD, ESS), in the embedding space and in the
+estimator's; 7. write.
 
 Writes `<output_dir>/filter/`: `scored/` (every candidate with `log_ratio`, `accept_prob`,
-`accepted`, `fold`, `weight`), `accepted/` (the accepted candidates, canonical schema),
-`filter_report.json`, `figures/*.png` and `config.yaml`. Reads only the `target_train` folder of
+`accepted`, `fold`, `weight`, `sample_group`), `accepted/` (the accepted candidates, canonical
+schema), `filter_report.json`, `figures/*.png` and `config.yaml`. Reads only the `target_train` folder of
 the prepared data: target_test is never opened.
 """
 
@@ -42,7 +44,14 @@ from data_prep.filter.embed import embed_dataset, frame_features_dataset, get_em
 from data_prep.filter.estimators import AUC_WARN, Groups, get_estimator, option_types
 from data_prep.filter.figures import plot_figures
 from data_prep.filter.groups import group_keys, per_group
-from data_prep.filter.sample import accept_probabilities, importance_weights, rejection_sample
+from data_prep.filter.sample import (
+    accept_probabilities,
+    check_grouping,
+    importance_weights,
+    rejection_sample,
+    rejection_sample_by_group,
+)
+from data_prep.leakage import normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +124,8 @@ def run_filter(run, args, *estimator_options) -> dict:
         timings[step] = round(now - since, 2)
         return now
 
+    # Also checked when the config is parsed; again here for callers that build FilterArgs themselves.
+    check_grouping(args.policy, args.group_by)
     exp = ExperimentPaths.of(run.output_dir)
     out_dir = exp.filter
     # 1. inputs (audio stays WAV bytes: embedders decode with soundfile; the outputs keep the schema)
@@ -167,11 +178,21 @@ def run_filter(run, args, *estimator_options) -> dict:
         t = lap("estimate", t)
 
         # 5. accept with probability min(1, r/M); weights for weighted training. Ratios without
-        # skill are noise: then every candidate is equally likely (and weighs 1).
+        # skill are noise: then every candidate is equally likely (and weighs 1), within its group
+        # when grouped. Grouped by the leakage guard's normalization, so "Turn left." and "turn
+        # left" are renderings of one text.
         uniform = not result.has_skill
         policy = {"max_truncation": args.max_truncation, "uniform": uniform}
-        prob, log_m = accept_probabilities(log_ratio, args.policy, **policy)
-        sampled = rejection_sample(log_ratio, args.policy, seed=run.seed, **policy)
+        grouping = None
+        if args.group_by == "text":
+            sample_group = np.array([normalize_text(t) for t in cands["text"]], dtype=object)
+            grouped = rejection_sample_by_group(log_ratio, sample_group, args.policy, seed=run.seed, **policy)
+            prob, sampled, log_m = grouped.prob, grouped.accepted, None  # one M per text, not one
+            grouping = {"group_by": "text", **grouped.summary()}
+        else:
+            sample_group = np.full(len(cands), "", dtype=object)  # one group: everything
+            prob, log_m = accept_probabilities(log_ratio, args.policy, **policy)
+            sampled = rejection_sample(log_ratio, args.policy, seed=run.seed, **policy)
         weights = np.ones(len(prob)) if uniform else importance_weights(log_ratio, clip=args.weight_clip)
         if args.mode == "weights":
             accepted = np.ones(len(prob), dtype=bool)  # everyone trains, each with its weight
@@ -215,7 +236,7 @@ def run_filter(run, args, *estimator_options) -> dict:
     # 7. write
     scored = cands_canonical
     added = {"log_ratio": log_ratio, "accept_prob": prob, "accepted": accepted, "fold": result.fold,
-             "weight": weights}  # fmt: skip
+             "weight": weights, "sample_group": sample_group}  # fmt: skip
     for name, dtype in schema.FILTER_COLUMNS.items():
         scored = scored.add_column(name, added[name].tolist(), feature=Value(dtype))
     # Never empty: the candidate with the largest ratio has acceptance probability 1 under every policy.
@@ -226,8 +247,10 @@ def run_filter(run, args, *estimator_options) -> dict:
         "embedder_key": embedder.key,
         "method": args.method,
         "policy": args.policy,
+        "group_by": args.group_by,
         "mode": args.mode,
-        "log_M": log_m,
+        "log_M": log_m,  # None with group_by: text (each group's M: grouping.log_M_min_median_max)
+        "grouping": grouping,
         "n_target_fit": int(len(fit_idx)),
         "n_target_heldout": int(len(held_idx)),
         "heldout_disjoint_from_fit": bool(disjoint),
@@ -254,10 +277,16 @@ def run_filter(run, args, *estimator_options) -> dict:
             "candidates carry all the weight; try a lower-dimensional embedding (pca_dim) or broader generators."
         )
     if uniform:
+        same = (
+            "every candidate of a text got the same acceptance probability (the count policy "
+            f"{args.policy} expected for that text)"
+            if grouping
+            else f"every candidate got the same acceptance probability ({prob[0]:.3f}, the count policy "
+            f"{args.policy} expected)"
+        )
         warnings.append(
             f"the ratios have no cross-fitted skill (log-loss gain {result.skill['gain']:.4f} +- "
-            f"{result.skill['gain_se']:.4f} nats over r = 1): they are noise, so every candidate got the same "
-            f"acceptance probability ({prob[0]:.3f}, the count policy {args.policy} expected) and weight 1."
+            f"{result.skill['gain_se']:.4f} nats over r = 1): they are noise, so {same} and weight 1."
         )
         if result.auc is not None and result.auc > 0.6:  # ranks well, yet its magnitudes lose to r = 1
             warnings.append(
@@ -286,6 +315,12 @@ def run_filter(run, args, *estimator_options) -> dict:
         files.write_json(report, tmp / paths.FILTER_REPORT)
         save_resolved(tmp / "config.yaml", "filter", run, args, *options)
     top = Counter({g: s["accepted"] for g, s in groups["generator"].items()}).most_common()
+    if grouping:
+        log.info(
+            "filter: grouped by text: %d texts, %d with an accepted candidate, %d kept one only by the fallback "
+            "draw, %d dropped (no candidate with a nonzero ratio)", grouping["n_groups"],
+            grouping["groups_with_accepted"], grouping["fallback_groups"], grouping["groups_without_nonzero_ratio"],
+        )  # fmt: skip
     log.info(
         "filter: %s %d of %d candidates (%.1f%%), dropped %d by rejection; ESS %.0f; accepted by generator %s -> %s",
         "kept (weights mode)" if args.mode == "weights" else "accepted", n_acc, len(cands),
