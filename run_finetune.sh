@@ -24,7 +24,7 @@ Stages:
   4 train     fine-tune on real + accepted candidates (HF Trainer, accelerate), write the
               model card, push to the Hub when train.push_to_hub is set                 python -m recipe.train
   5 evaluate  zero-shot vs fine-tuned WER/CER with CIs, paired comparison              python -m recipe.evaluate
-  6 ablation  zero_shot / real_only / real+all / real+random / real+accepted / real+weighted
+  6 ablation  zero_shot / real_only / real+all / real+random / real+anti / real+accepted / real+weighted
                                                                                         python -m recipe.ablation
 Flags:
   --config FILE      YAML config (default configs/demo.yaml: offline CPU demo on the Asterisk prompts)

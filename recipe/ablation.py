@@ -8,6 +8,9 @@ Arms (every trained arm uses the `train` section unchanged except the candidate 
   real+all       target_train + every candidate
   real+random    target_train + a seeded random subset of candidates as large as the accepted set:
                  the control that separates the filter's choice from simply having less data
+  real+anti      target_train + the candidates with the lowest ratios, as many as accepted (per text
+                 with filter.group_by: text): if it does as well as real+accepted, the ratio
+                 carries no useful information
   real+accepted  target_train + the filter's accepted candidates
   real+weighted  target_train + every candidate, drawn in proportion to its importance weight
 
@@ -18,7 +21,7 @@ target_train), and the filter is rerun for every seed, its output under the abla
 cross-fitting folds and acceptance draws depend on the seed, so one fixed accepted set against a
 random subset redrawn per seed would compare a constant with a variable). Arms that would train
 on the same data (with filter mode `weights` every candidate is accepted: real+accepted and
-real+random become real+all) are refused.
+real+random and real+anti become real+all) are refused.
 
 Reads `<output_dir>/data` and `<output_dir>/candidates`; writes `<output_dir>/ablation/`:
 `filter/seed<S>/` (the filter's run for seed S), one folder per arm and seed (model, train report,
@@ -46,7 +49,7 @@ from recipe.train_args import TrainArgs
 log = logging.getLogger(__name__)
 
 # The arms that train on every candidate, uniformly, once the filter accepts all of them.
-SAME_WHEN_ALL_ACCEPTED = ("real+all", "real+random", "real+accepted")
+SAME_WHEN_ALL_ACCEPTED = ("real+all", "real+random", "real+accepted", "real+anti")
 # Beside each run: the command that made it (without the interpreter), so a rerun reuses only
 # the runs of the same command.
 COMMAND_RECORD = "ablation_command.json"
@@ -103,7 +106,8 @@ def refuse_duplicate_arms(arms: list[str], seed: int, report: dict) -> None:
     keep = [a for a in arms if a not in same or a == REFERENCE_ARM]
     raise ConfigError(
         f"arms {same} would train on the same data: {why}, so real+accepted is real+all, and real+random (a "
-        f"random subset as large as the accepted set) is real+all too. Keep one of them in ablation.arms "
+        f"random subset as large as the accepted set) and real+anti (the lowest ratios, as many) are real+all "
+        f"too. Keep one of them in ablation.arms "
         f"(e.g. --arms {' '.join(keep)}; in weights mode real+weighted is the filter's arm), or set "
         f"filter.mode: reject (filter.policy sets how many are accepted)."
     )

@@ -103,7 +103,9 @@ def select_candidates(scored, mode: str, rng: np.random.Generator) -> tuple[np.n
 
     ``all``: every candidate; ``random``: a seeded uniform subset as large as the accepted set
     (the control that separates "more data" from "the filter's choice"); ``weighted``: every
-    candidate with its ``weight`` as mass.
+    candidate with its ``weight`` as mass; ``anti``: :func:`anti_selection`, the lowest ratios,
+    size-matched to the accepted set group by group (the control that asks whether the ratio
+    carries information at all).
     """
     n = len(scored)
     if mode == "all":
@@ -120,7 +122,41 @@ def select_candidates(scored, mode: str, rng: np.random.Generator) -> tuple[np.n
         if not np.isfinite(w).all() or np.any(w < 0):
             raise ValueError("the scored candidates' `weight` column has negative or non-finite values")
         return np.arange(n), w
+    if mode == "anti":
+        if "log_ratio" not in scored.column_names:
+            raise ValueError("the scored candidates have no `log_ratio` column: rerun the filter stage")
+        accepted = np.asarray(scored["accepted"], dtype=bool)
+        # Filter outputs from before grouped sampling have no `sample_group`: one group, as they sampled.
+        groups = scored["sample_group"] if "sample_group" in scored.column_names else None
+        idx = anti_selection(np.asarray(scored["log_ratio"], dtype=np.float64), accepted, groups)
+        logger.info(
+            "anti: %d candidates with the lowest log ratios (as many as accepted, per sampling group), %d of them "
+            "also accepted", len(idx), int(accepted[idx].sum()),
+        )  # fmt: skip
+        return idx, np.ones(len(idx))
     raise ValueError(f"unknown candidate selection {mode!r}")
+
+
+def anti_selection(log_ratio: np.ndarray, accepted: np.ndarray, groups=None) -> np.ndarray:
+    """Sorted indices of the candidates with the lowest log ratios: in every group as many as were
+    accepted in it (``groups`` None: one group, as many as accepted in all).
+
+    The same size and, when the filter sampled per text, the same texts as the accepted set, so
+    the arm differs from real+accepted only by where in the ratio's order its renderings come
+    from. Ties are broken by row order, so the choice is deterministic.
+    """
+    log_ratio, accepted = np.asarray(log_ratio, dtype=np.float64), np.asarray(accepted, dtype=bool)
+    if log_ratio.shape != accepted.shape:
+        raise ValueError(f"{len(log_ratio)} log ratios for {len(accepted)} accepted flags")
+    member = np.zeros(len(log_ratio), dtype=np.int64)
+    if groups is not None:
+        member = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
+    # Sorted by group, then log ratio, then row: each group's lowest come first within it.
+    order = np.lexsort((np.arange(len(log_ratio)), log_ratio, member))
+    starts = np.searchsorted(member[order], np.arange(member.max(initial=0) + 1))
+    quota = np.bincount(member, weights=accepted, minlength=len(starts)).astype(np.int64)
+    rank = np.arange(len(order)) - starts[member[order]]  # position of each row within its group
+    return np.sort(order[rank < quota[member[order]]])
 
 
 def _filter_output(path: Path) -> Path:

@@ -40,8 +40,9 @@ class TrainArgs:
         "accepted",
         "Which filtered candidates join the training mix: none, accepted (the filter's sample), all (every "
         "scored candidate), random (a seeded uniform subset of the scored candidates, size-matched to the "
-        "accepted set), weighted (every scored candidate, drawn in proportion to its `weight` column).",
-        choices=["none", "accepted", "all", "random", "weighted"],
+        "accepted set), weighted (every scored candidate, drawn in proportion to its `weight` column), anti (the "
+        "candidates with the lowest log ratios, as many as accepted, in each sampling group as many as it accepted).",
+        choices=["none", "accepted", "all", "random", "weighted", "anti"],
     )
     mix_real: float = arg(
         0.0,

@@ -17,7 +17,8 @@ from core import files, schema
 from core.config import ConfigError, parse_args
 from core.paths import ExperimentPaths
 from recipe.ablation import REFERENCE_ARM, ablation, plot, summarize, to_markdown
-from recipe.data import load_parts, training_pool
+from recipe.ablation_args import ARMS
+from recipe.data import anti_selection, load_parts, select_candidates, training_pool
 from recipe.metrics.errors import paired_bootstrap
 
 
@@ -120,12 +121,20 @@ def save(rows_, path):
 
 
 def write_filter(filter_dir, candidates, seed, mode):
-    """A filter stage's output: every candidate scored, a seed-dependent accepted set."""
+    """A filter stage's output: every candidate scored (log ratio, weight, sampled per text in three
+    texts), a seed-dependent accepted set."""
     n = len(candidates)
-    accepted = np.ones(n, bool) if mode == "weights" else np.random.default_rng(seed).random(n) < 0.5
+    rng = np.random.default_rng(seed)
+    accepted = np.ones(n, bool) if mode == "weights" else rng.random(n) < 0.5
     accepted[0] = True
     scored = Dataset.from_list(candidates, features=schema.features())
-    for name, values in [("accepted", accepted.tolist()), ("weight", [1.0 + (i % 3) for i in range(n)])]:
+    columns = [
+        ("accepted", accepted.tolist()),
+        ("weight", [1.0 + (i % 3) for i in range(n)]),
+        ("log_ratio", rng.normal(size=n).tolist()),
+        ("sample_group", [f"text {i % 3}" for i in range(n)]),
+    ]
+    for name, values in columns:
         scored = scored.add_column(name, values)
     files.atomic_save(scored, filter_dir / "scored")
     save([r for r, a in zip(candidates, accepted, strict=True) if a], filter_dir / "accepted")
@@ -206,7 +215,7 @@ def test_every_trained_arm_draws_the_same_share_of_real_data(experiment):
         weights = pool.weights if pool.weights is not None else np.ones(len(pool.rows))
         shares[targs.use_candidates] = weights[:n_real].sum() / weights.sum()
         real_origins[targs.use_candidates] = sorted(set(parts[0].rows["origin"]))
-    assert set(shares) == {"none", "all", "random", "accepted", "weighted"}
+    assert set(shares) == {"none", "all", "random", "accepted", "weighted", "anti"}
     assert shares.pop("none") == 1.0
     assert shares == pytest.approx(dict.fromkeys(shares, 0.5))
     # every arm's real part is target_train plus its perturbed copies (augment_real)
@@ -218,8 +227,78 @@ def test_every_trained_arm_draws_the_same_share_of_real_data(experiment):
 
 def test_arms_that_would_train_on_the_same_data_are_refused(experiment):
     experiment.state["mode"] = "weights"  # every candidate accepted
-    with pytest.raises(ConfigError, match=r"real\+all.*real\+random.*real\+accepted.*filter.mode: reject"):
+    with pytest.raises(
+        ConfigError, match=r"real\+all.*real\+random.*real\+accepted.*real\+anti.*filter.mode: reject"
+    ):
         run_ablation(experiment.root, "--seeds", "2")
     assert not [m for m, _ in experiment.calls if m == "recipe.train"]  # refused before any training
     # without the duplicates the same filter output is fine
     run_ablation(experiment.root, "--seeds", "2", "--arms", "real_only", "real+accepted", "real+weighted")
+
+
+# ---------------------------------------------------------------------------------------------
+# real+anti: the lowest ratios, size-matched to the accepted set, per text when grouped
+# ---------------------------------------------------------------------------------------------
+def test_anti_takes_the_lowest_ratios_as_many_as_accepted():
+    log_ratio = np.array([0.5, -2.0, 3.0, -1.0, 0.0, -3.0, 2.0])
+    accepted = np.array([0, 0, 1, 0, 1, 0, 1], bool)
+    np.testing.assert_array_equal(anti_selection(log_ratio, accepted), [1, 3, 5])  # -2, -1, -3
+    # ties go by row order: deterministic
+    np.testing.assert_array_equal(anti_selection(np.zeros(5), np.array([1, 1, 0, 0, 0], bool)), [0, 1])
+    assert len(anti_selection(log_ratio, np.zeros(7, bool))) == 0
+
+
+def test_anti_is_size_matched_within_each_text_when_grouped():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(["a", "b", "c", "d"], [30, 12, 5, 1]).astype(object)
+    log_ratio = rng.normal(size=len(groups))
+    accepted = np.zeros(len(groups), bool)
+    for g, k in {"a": 6, "b": 2, "c": 5, "d": 1}.items():  # c and d: every rendering accepted
+        accepted[rng.choice(np.flatnonzero(groups == g), k, replace=False)] = True
+    idx = anti_selection(log_ratio, accepted, groups)
+    assert len(idx) == accepted.sum() and np.all(np.diff(idx) > 0)
+    for g in "abcd":
+        inside = np.flatnonzero(groups == g)
+        k = int(accepted[inside].sum())
+        chosen = np.intersect1d(idx, inside)
+        assert len(chosen) == k  # the same count, so the same texts covered
+        np.testing.assert_array_equal(
+            chosen, np.sort(inside[np.argsort(log_ratio[inside], kind="stable")[:k]])
+        )
+    # ungrouped, the same candidates would give the globally lowest instead
+    assert not np.array_equal(idx, anti_selection(log_ratio, accepted))
+
+
+def test_select_candidates_anti_reads_the_filters_columns():
+    scored = Dataset.from_dict({
+        "accepted": [True, False, True, False, False, True],
+        "log_ratio": [2.0, -1.0, 1.0, -5.0, 0.0, 3.0],
+        "sample_group": ["x", "x", "x", "y", "y", "y"],
+    })  # fmt: skip
+    idx, mass = select_candidates(scored, "anti", np.random.default_rng(0))
+    np.testing.assert_array_equal(idx, [1, 2, 3])  # x: its two lowest (-1, 1); y: its lowest (-5)
+    assert mass.tolist() == [1.0, 1.0, 1.0]
+    # an older filter output (no sample_group) sampled as one group: the lowest three overall
+    idx, _ = select_candidates(scored.remove_columns("sample_group"), "anti", np.random.default_rng(0))
+    np.testing.assert_array_equal(idx, [1, 3, 4])
+    with pytest.raises(ValueError, match="no `log_ratio` column"):
+        select_candidates(scored.remove_columns("log_ratio"), "anti", np.random.default_rng(0))
+
+
+def test_real_anti_is_a_default_arm_and_trains_on_the_lowest_ratios_of_its_seeds_filter(experiment):
+    assert "real+anti" in ARMS
+    run_ablation(experiment.root, "--seeds", "2", "--arms", "real+anti", "real+accepted")
+    trains = [argv for module, argv in experiment.calls if module == "recipe.train"]
+    anti = [a for a in trains if value(a, "--use_candidates") == "anti"]
+    assert len(anti) == 2
+    for argv in anti:
+        run, targs, _ = parse_args("train", argv)
+        scored = schema.load_split(Path(targs.filter_dir) / "scored")
+        parts = load_parts(run, targs, np.random.default_rng(0))
+        assert parts[1].name == "candidates" and len(parts[1].rows) == sum(scored["accepted"])
+        lr, groups = np.array(scored["log_ratio"]), np.array(scored["sample_group"])
+        for g in set(groups):
+            chosen = [i for i in parts[1].rows["id"] if groups[scored["id"].index(i)] == g]
+            k = int(np.sum(np.array(scored["accepted"])[groups == g]))
+            lowest = np.array(scored["id"])[groups == g][np.argsort(lr[groups == g])[:k]]
+            assert sorted(chosen) == sorted(lowest)
