@@ -162,9 +162,10 @@ class Gate:
     def rejected(
         self, shard_names: Sequence[str], rows_meta: dict[str, dict[str, Any]]
     ) -> tuple[set[str], dict]:
-        """Ids over the threshold and the gate's report, from the decisions of ``shard_names``.
+        """Ids over the threshold and the gate's report, from the decisions of ``shard_names``; every
+        rejected candidate, with its label, hypothesis and CER, is listed in ``rejected.jsonl``.
 
-        ``rows_meta`` maps a candidate id to its text and generator (engine, voice) for the report.
+        ``rows_meta`` maps a candidate id to its text and generator (engine, voice).
         """
         decided = [files.read_json(self.decisions_path(n)) for n in shard_names]
         cers = {i: (h, c) for d in decided for i, (h, c) in d["rows"].items()}
@@ -208,20 +209,15 @@ class Gate:
             "audio_seconds": round(audio_s, 1),
             "x_real_time": round(audio_s / decode_s, 1) if decode_s > 0 else None,
         }
+        self._write_list(rejected, cers, rows_meta)
         return rejected, report
 
-    def write_rejected(
-        self, path: Path, rejected: set[str], shard_names: Sequence[str], rows_meta: dict
-    ) -> None:
-        """Every rejected candidate with its label, hypothesis and CER, one JSON object a line."""
-        cers = {}
-        for n in shard_names:
-            cers.update(files.read_json(self.decisions_path(n))["rows"])
-
+    def _write_list(self, rejected: set[str], cers: dict[str, tuple[str, float]], rows_meta: dict) -> None:
         def write(tmp: Path) -> None:
             with open(tmp, "w") as f:
                 for i in sorted(rejected, key=lambda i: -cers[i][1]):
-                    meta = rows_meta[i]
-                    f.write(json.dumps({"id": i, **meta, "hyp": cers[i][0], "cer": cers[i][1]}) + "\n")
+                    f.write(
+                        json.dumps({"id": i, **rows_meta[i], "hyp": cers[i][0], "cer": cers[i][1]}) + "\n"
+                    )
 
-        files.atomic_file(path, write)
+        files.atomic_file(self.dir.parent / REJECTED_LIST, write)

@@ -118,7 +118,6 @@ def merge(
             names = [p.name for p in shards]
             meta = _gate_meta(ds)
             rejected, gate_report = gate.rejected(names, meta)
-            gate.write_rejected(out_dir / "gate" / REJECTED_LIST, rejected, names, meta)
         is_rejected = np.array([i in rejected for i in ds["id"]], dtype=bool)
         cands = ds.select(np.flatnonzero(~is_copy & ~is_rejected))
         augmented = ds.select(np.flatnonzero(is_copy & ~is_rejected))
