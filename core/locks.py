@@ -31,6 +31,9 @@ def lock_path(target: str | os.PathLike) -> Path:
     return target.parent / f".{target.name}.lock"
 
 
+UNKNOWN_HOLDER = "another process"
+
+
 def holder(target: str | os.PathLike) -> str:
     """Who holds the lock on ``target``, as "<what> of pid N" (best effort: it may just have changed)."""
     try:
@@ -38,7 +41,18 @@ def holder(target: str | os.PathLike) -> str:
         who = f"{rec['what']} of pid {rec['pid']}"
         return who if rec["host"] == socket.gethostname() else f"{who} on host {rec['host']}"
     except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+        return UNKNOWN_HOLDER
+
+
+def _known_holder(target: Path, patience: float = 0.5) -> str:
+    """``holder`` once the holder has written its record: it does so right after taking the lock,
+    so a waiter that arrives in between would otherwise name "another process"."""
+    deadline = time.monotonic() + patience
+    who = holder(target)
+    while who == UNKNOWN_HOLDER and time.monotonic() < deadline:
+        time.sleep(0.01)
+        who = holder(target)
+    return who
 
 
 @contextlib.contextmanager
@@ -59,7 +73,7 @@ def output_lock(target: str | os.PathLike, what: str, *, wait: bool = True) -> I
                 yield False
                 return
             t0 = time.monotonic()
-            log.warning("waiting for %s on %s (%s)", holder(target), target, path)
+            log.warning("waiting for %s on %s (%s)", _known_holder(target), target, path)
             fcntl.flock(handle, fcntl.LOCK_EX)
             log.info("%s: lock free after %.0f s; %s goes on", target, time.monotonic() - t0, what)
         try:
