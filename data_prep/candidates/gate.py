@@ -127,7 +127,7 @@ class Gate:
                 return
             report = files.read_json(shard_dir / "shard.json")
             rows: dict[str, list] = {}
-            t0, seconds = time.time(), 0.0
+            t0, seconds, again = time.time(), 0.0, 0
             if report["candidates"]:  # an empty shard has no dataset to load
                 ds = schema.without_audio_decoding(load_from_disk(str(shard_dir)))
                 idx = [i for i, o in enumerate(ds["origin"]) if o in self.args.gate_origins]
@@ -148,7 +148,7 @@ class Gate:
                 "shard_fingerprint": shard_fingerprint,
                 "decode_seconds": time.time() - t0,
                 "audio_seconds": seconds,
-                "decoded_alone": again if rows else 0,
+                "decoded_alone": again,
                 "rows": rows,
             }
             files.write_json(decisions, self.decisions_path(name))
