@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,17 @@ def train_overrides(
     return [*out, "--final_eval_splits", args.split, *args.extra_train_args]
 
 
+def prune_weights(train_dir: Path) -> int:
+    """Delete the weights and checkpoints of a finished run; returns the bytes freed."""
+    doomed = [p for p in train_dir.glob("checkpoint-*") if p.is_dir()]
+    doomed += [p for p in train_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".pt") and p.is_file()]
+    freed = 0
+    for p in doomed:
+        freed += sum(f.stat().st_size for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return freed
+
+
 def run_arm(
     arm: str, seed: int, cfg: str | None, exp: ExperimentPaths, args, filter_dir: Path | None, augment: bool
 ) -> Path:
@@ -154,6 +166,10 @@ def run_arm(
         cmd = ["recipe.train", *train_overrides(arm, args, exp, filter_dir, augment)]
     hyps = eval_dir / "hyps.jsonl"
     _run_once([sys.executable, "-m", cmd[0], *common, *cmd[1:]], out, hyps, f"{arm} seed {seed}")
+    if arm != "zero_shot" and not args.keep_models and arm_paths.train.is_dir():
+        freed = prune_weights(arm_paths.train)
+        if freed:
+            log.info("%s seed %d: deleted %.0f MB of weights (ablation.keep_models: false)", arm, seed, freed / 1e6)
     return hyps
 
 

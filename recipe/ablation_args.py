@@ -56,6 +56,11 @@ class AblationArgs:
     extra_train_args: list[str] = arg(
         [], "Extra `--key value` arguments for every training run, e.g. `--max_steps 60`."
     )
+    keep_models: bool = arg(
+        False,
+        "Keep each trained arm's model and checkpoints. Off: once an arm's test decode is written its weights and "
+        "checkpoints are deleted (reports, config and hyps stay): 5 seeds x 6 arms of whisper-tiny are ~25 GB.",
+    )
     bootstrap_samples: int = arg(
         2000, "Resamples of the hierarchical bootstrap (seeds, then utterances).", ge=1
     )

@@ -36,6 +36,9 @@ ensure_apt_packages() {
 
 ensure_venv() {
   local extras=${PROJECT_EXTRAS:-"offline,lora,speaker,dev"}
+  # No wheel cache: torch's CUDA wheels are ~3 GB on top of the ~5.5 GB they install to, and a
+  # CI machine with little disk ran out of space in the cached copy.
+  export PIP_NO_CACHE_DIR=1
   local stamp_src stamp
   stamp_src=$(cat pyproject.toml; echo "$extras $TORCH_SPEC")
   stamp=".venv/.installed-$(printf '%s' "$stamp_src" | sha256sum | cut -c1-16)"

@@ -168,6 +168,11 @@ def experiment(tmp_path, monkeypatch):
         recs = [{"id": r["id"], "ref_norm": "a b", "hyp_norm": "a b" if seed % 2 else "a c"} for r in test]
         hyps.mkdir(parents=True, exist_ok=True)
         (hyps / "hyps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        if module == "recipe.train":  # what a real training run leaves besides its reports
+            (paths.train / "checkpoint-10").mkdir(parents=True)
+            (paths.train / "checkpoint-10" / "optimizer.pt").write_bytes(b"x" * 100)
+            (paths.train / "model.safetensors").write_bytes(b"x" * 100)
+            (paths.train / "train_report.json").write_text("{}")
 
     monkeypatch.setattr(ra, "_run", fake_run)
     return SimpleNamespace(root=exp, calls=calls, state=state)
@@ -180,6 +185,15 @@ def run_ablation(exp, *argv):
 
 def value(argv, key):
     return argv[argv.index(key) + 1]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_trained_arms_weights_are_deleted_after_their_decode_unless_kept(experiment, keep):
+    run_ablation(experiment.root, "--seeds", "1", "--arms", "real_only", "--keep_models", str(keep).lower())
+    train = ExperimentPaths.of(experiment.root / "ablation" / "real_only" / "seed0").train
+    assert (train / "train_report.json").is_file()
+    assert (train / "model.safetensors").exists() == keep
+    assert (train / "checkpoint-10").exists() == keep
 
 
 def test_the_filter_is_rerun_for_every_seed_and_each_seed_trains_on_its_own(experiment):
