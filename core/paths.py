@@ -86,6 +86,8 @@ class ExperimentPaths:
 # perturbed copies of target_train (read by train as part of the real data, never filtered).
 CANDIDATES_DATASET = "dataset"
 REAL_AUGMENTED = "real_augmented"
+# Transcripts prepare kept as text only (data/unused_texts.txt): generate speaks them.
+UNUSED_TEXTS = "unused_texts.txt"
 # What the filter stage writes inside its folder (read by train and the ablation).
 ACCEPTED = "accepted"
 SCORED = "scored"

@@ -29,7 +29,7 @@ from datasets import Dataset, DatasetDict
 from torchcodec.decoders import AudioDecoder
 from tqdm.auto import tqdm
 
-from core import files, schema
+from core import files, paths, schema
 from core.config import run_stage, save_resolved
 from core.locks import stage_lock
 from core.paths import ExperimentPaths
@@ -237,11 +237,31 @@ def take_groups(
     return [r for r in rows if key(r) in chosen], [r for r in rows if key(r) not in chosen]
 
 
-def cap(rows: list[dict], n: int, rng: np.random.Generator) -> tuple[list[dict], int]:
+def cap(rows: list[dict], n: int, rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
+    """At most ``n`` rows (a seeded choice, listing order kept; 0: all) and the rows left out."""
     if n <= 0 or len(rows) <= n:
-        return rows, 0
-    keep = np.sort(rng.choice(len(rows), size=n, replace=False))
-    return [rows[i] for i in keep], len(rows) - n
+        return rows, []
+    keep = set(rng.choice(len(rows), size=n, replace=False).tolist())
+    return [r for i, r in enumerate(rows) if i in keep], [r for i, r in enumerate(rows) if i not in keep]
+
+
+def unused_texts(left_out: list[dict], guard: LeakageGuard) -> tuple[list[str], dict[str, int]]:
+    """The distinct transcripts of rows left out by the caps, less the protected (dev/test) ones:
+    with split_by speaker or utterance a left-out row can share its text with a test row."""
+    seen: set[str] = set()
+    texts: list[str] = []
+    counts = {"left_out": len(left_out), "protected": 0, "duplicate": 0}
+    for r in left_out:
+        norm = normalize_text(r["text"])
+        if guard.is_protected(r["text"]):
+            counts["protected"] += 1
+        elif norm in seen:
+            counts["duplicate"] += 1
+        else:
+            seen.add(norm)
+            texts.append(r["text"])
+    counts["kept"] = len(texts)
+    return texts, counts
 
 
 @stage_lock("prepare", lambda run, args: ExperimentPaths.of(run.output_dir).data)
@@ -301,8 +321,9 @@ def prepare(run, args) -> dict:
             f"prepare: dev_utterances {args.dev_utterances} took every held-out utterance ({len(dev)}); "
             "lower dev_utterances or raise test_fraction"
         )
-    train, over_train = cap(train, args.max_train_utterances, stream_rng(run.seed, "prepare", "cap", "train"))
-    test, over_test = cap(test, args.max_test_utterances, stream_rng(run.seed, "prepare", "cap", "test"))
+    train, left_train = cap(train, args.max_train_utterances, stream_rng(run.seed, "prepare", "cap", "train"))
+    test, left_test = cap(test, args.max_test_utterances, stream_rng(run.seed, "prepare", "cap", "test"))
+    over_train, over_test = len(left_train), len(left_test)
     if over_train:
         dropped["over_max_train_utterances"] += over_train
     if over_test:
@@ -331,6 +352,9 @@ def prepare(run, args) -> dict:
     guard = LeakageGuard([r["text"] for r in dev + test] if args.protect_test_texts else [])
     if not args.protect_test_texts:
         log.warning("prepare: protect_test_texts is off: later stages may synthesize target_test texts")
+    text_only, text_only_counts = (
+        unused_texts(left_train + left_test, guard) if args.unused_texts else ([], None)
+    )
     report = {
         "stage": "prepare",
         "source": args.source,
@@ -345,16 +369,28 @@ def prepare(run, args) -> dict:
         "empty_splits": empty,
         "split_by": args.split_by,
         "protected_texts": len(guard),
+        "unused_texts": text_only_counts,
         "seconds": round(time.time() - t0, 2),
     }
     with files.atomic_dir(out_dir) as tmp:
         dd.save_to_disk(str(tmp))
         guard.save(tmp / "protected_texts.json")
+        if text_only:
+            # one sentence a line, as generate.text_corpus: a newline inside a transcript would split it
+            lines = (" ".join(t.split()) for t in text_only)
+            (tmp / paths.UNUSED_TEXTS).write_text("".join(f"{t}\n" for t in lines), encoding="utf-8")
         files.write_json(report, tmp / "report.json")
         save_resolved(tmp / "config.yaml", "prepare", run, args)
     kept = ", ".join(f"{k} {len(v)} ({report['hours'][k] * 60:.1f} min)" for k, v in splits.items())
     total_drop = sum(dropped.values())
     log.info("prepare: kept %s; dropped %d (%s) -> %s", kept, total_drop, dict(dropped) or "none", out_dir)
+    if text_only_counts is not None:
+        log.info(
+            "prepare: %d transcript(s) of left-out utterances kept as text only -> %s (%s)",
+            len(text_only),
+            out_dir / paths.UNUSED_TEXTS,
+            text_only_counts,
+        )
     return report
 
 

@@ -74,6 +74,12 @@ class PrepareArgs:
         0, "Keep at most this many target_train utterances (0: all); the rest is dropped, counted.", ge=0
     )
     max_test_utterances: int = arg(0, "Keep at most this many target_test utterances (0: all).", ge=0)
+    unused_texts: bool = arg(
+        False,
+        "Keep the transcripts of the target utterances that max_train_utterances / max_test_utterances leave out "
+        "as text only (data/unused_texts.txt; their audio is not written): in-domain sentences for the generate "
+        "stage to synthesize (generate.prepared_texts). Texts of target_dev and target_test are never among them.",
+    )
     protect_test_texts: bool = arg(
         True,
         "Record the target_test texts so no stage synthesizes them (the leakage guard). Turn off only for a closed "

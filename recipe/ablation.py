@@ -169,7 +169,9 @@ def run_arm(
     if arm != "zero_shot" and not args.keep_models and arm_paths.train.is_dir():
         freed = prune_weights(arm_paths.train)
         if freed:
-            log.info("%s seed %d: deleted %.0f MB of weights (ablation.keep_models: false)", arm, seed, freed / 1e6)
+            log.info(
+                "%s seed %d: deleted %.0f MB of weights (ablation.keep_models: false)", arm, seed, freed / 1e6
+            )
     return hyps
 
 

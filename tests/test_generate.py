@@ -15,6 +15,7 @@ from core import files, schema
 from core.config import parse_args
 from data_prep.candidates import tts
 from data_prep.candidates.generate import generate, rank_and_world
+from data_prep.candidates.plan import voices_for_each_text
 from data_prep.candidates.shards import shard_name
 from data_prep.candidates.tts import SynthesisError
 from data_prep.leakage import LeakageGuard, normalize_text
@@ -363,3 +364,53 @@ def test_a_missing_engine_is_skipped_naming_what_to_install(exp, caplog):
         f"TTS engine hf is not installed: skipped ({tts.get_engine('hf').install_hint})",
         f"TTS engine {ENGINES[1]} is not installed: skipped (see the engine's documentation)",
     ]
+
+
+def test_every_text_gets_its_voices_and_each_rendering_its_variants(exp):
+    exp, corpus = exp
+    report = run_generate(
+        exp, corpus, "--voices_per_text", "2", "--variants_per_rendering", "2",
+        "--variant_recipe", "telephone", "--copies_per_utterance", "0",
+    )  # fmt: skip
+    ds = load_candidates(exp)
+    gens = [json.loads(g) for g in ds["generator"]]
+    by_text = {}
+    for cid, text, parent, gen in zip(ds["id"], ds["text"], ds["parent_id"], gens, strict=True):
+        by_text.setdefault(normalize_text(text), []).append((cid, parent, gen))
+    said = {normalize_text(t) for t in [*TRAIN_TEXTS, "a brand new sentence"]}
+    assert set(by_text) == said  # FAIL and SILENT texts fail at synthesis, test texts are refused
+    for rows in by_text.values():
+        clean = [(c, g) for c, p, g in rows if not p]
+        assert len(clean) == 2 and len({g["voice"] for _, g in clean}) == 2
+        assert all(g["ops"] == [] and "variant" not in g for _, g in clean)
+        for cid, g in clean:
+            variants = [gen for _, p, gen in rows if p == cid]
+            assert sorted(v["variant"] for v in variants) == [1, 2]
+            assert all(v["rendering"] == cid and v["voice"] == g["voice"] for v in variants)
+            assert all(any(op["op"] == "telephone" for op in v["ops"]) for v in variants)  # telephone: p=1
+            assert variants[0]["perturb_seed"] != variants[1]["perturb_seed"]
+    assert report["plan"]["renderings_per_text"] == 2.0
+    # a failed synthesis makes neither the rendering nor its variants
+    assert report["failures"]["synthesis_error"] == 2 and report["candidates"] == 3 * 2 * len(said)
+
+
+def test_voices_of_a_text_do_not_depend_on_the_other_texts():
+    speakers = [("e", v, ["a b", "c d", "e f"]) for v in "pqrstu"]
+    one, _ = voices_for_each_text(["a b", "c d", "e f"], speakers, 3, run_seed=0)
+    two, _ = voices_for_each_text(["e f", "a b"], speakers, 3, run_seed=0)
+    assert {r for r in one if r[2] != "c d"} == set(two)
+    other, _ = voices_for_each_text(["a b", "c d", "e f"], speakers, 3, run_seed=1)
+    assert set(other) != set(one)
+    unsayable = [("e", "p", ["a b"]), ("e", "q", [])]
+    assert voices_for_each_text(["a b", "z"], unsayable, 5, run_seed=0) == ([("e", "p", "a b")], 1)
+
+
+def test_text_only_transcripts_of_prepare_are_spoken_and_test_texts_still_refused(exp):
+    exp, corpus = exp
+    (exp / "data" / "unused_texts.txt").write_text("a prepared prompt\nplease hold the line\n")
+    report = run_generate(exp, corpus, "--copies_per_utterance", "0")
+    texts = {normalize_text(t) for t in load_candidates(exp)["text"]}
+    assert "a prepared prompt" in texts and "please hold the line" not in texts
+    assert report["plan"]["texts"]["prepared"] == 2
+    run_generate(exp, corpus, "--copies_per_utterance", "0", "--prepared_texts", "false")
+    assert "a prepared prompt" not in {normalize_text(t) for t in load_candidates(exp)["text"]}

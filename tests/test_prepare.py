@@ -302,6 +302,42 @@ def test_caps_are_counted(tmp_path):
     assert rep["kept"]["target_train"] == 4 and rep["dropped"]["over_max_train_utterances"] == 6
 
 
+def test_left_out_transcripts_become_text_only_never_a_dev_or_test_text(tmp_path):
+    d = repeated_texts_folder(tmp_path / "af", 40, 20)  # every text recorded twice
+    common = [
+        "--source",
+        "audiofolder",
+        "--path",
+        str(d),
+        "--split_by",
+        "utterance",
+        "--test_fraction",
+        "0.5",
+    ]
+    _, _, rep = run_prepare(
+        tmp_path, *common, "--dev_utterances", "4", "--max_train_utterances", "3",
+        "--max_test_utterances", "5", "--unused_texts", "true",
+    )  # fmt: skip
+    out = tmp_path / "exp" / "data"
+    lines = (out / "unused_texts.txt").read_text().splitlines()
+    held_out = {t for s in ("target_dev", "target_test") for t in schema.load_split(out, s)["text"]}
+    guard = LeakageGuard.from_dataset_dir(out)
+    assert lines and not held_out & set(lines) and not any(guard.is_protected(t) for t in lines)
+    assert len(set(lines)) == len(lines)
+    # split_by utterance: a left-out recording shares its text with a test one, so it is refused;
+    # every left-out row is kept, refused as protected, or a repeat of a kept text.
+    counts = rep["unused_texts"]
+    assert counts["protected"] > 0
+    assert counts["left_out"] == 40 - 3 - rep["kept"]["target_dev"] - 5
+    assert (
+        counts["kept"] + counts["protected"] + counts["duplicate"]
+        == counts["left_out"]
+        == len(lines) + counts["protected"] + counts["duplicate"]
+    )
+    run_prepare(tmp_path, *common, "--max_train_utterances", "3")  # off by default: no file
+    assert not (out / "unused_texts.txt").exists()
+
+
 @pytest.mark.skipif(not ASTERISK_SOUNDS.is_dir(), reason="asterisk-core-sounds-en-wav not installed")
 def test_asterisk_listing_drops_tones():
     listing = list(read_asterisk())

@@ -24,11 +24,35 @@ class GenerateArgs:
     texts_per_voice: int = arg(
         20, "Texts each voice speaks: a seeded sample of the allowed texts (0: every text).", ge=0
     )
+    voices_per_text: int = arg(
+        0,
+        "Render every text with this many voices: a seeded choice, per text, among the selected voices of all "
+        "engines that can read its script, so the filter has renderings of each text to choose from "
+        "(0: each voice speaks texts_per_voice texts instead).",
+        ge=0,
+    )
+    variants_per_rendering: int = arg(
+        0,
+        "Acoustic variants of each TTS rendering: the clean rendering is a candidate and so are this many copies "
+        "of it through variant_recipe, each with its own seed (provenance: `variant`, `rendering`). The gate "
+        "decodes only the clean rendering; its variants share its decision. 0: one candidate per rendering, "
+        "perturbed with probability perturb_synthetic_prob.",
+        ge=0,
+    )
+    variant_recipe: str = arg(
+        "",
+        "Perturbation recipe of the variants (a builtin such as `channel`, or a file); empty: perturb_recipe.",
+    )
     max_synthetic: int = arg(
         0, "Cap on synthetic candidates over all voices: a seeded subset (0: no cap).", ge=0
     )
     text_corpus: str = arg(
         "", "Text file, one sentence a line, whose lines join the target_train transcripts as TTS texts."
+    )
+    prepared_texts: bool = arg(
+        True,
+        "Also speak the transcripts prepare kept as text only (data/unused_texts.txt, prepare.unused_texts), "
+        "when that file exists.",
     )
     text_corpus_encoding: str = arg(
         "utf-8",

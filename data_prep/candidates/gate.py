@@ -130,7 +130,13 @@ class Gate:
             t0, seconds, again = time.time(), 0.0, 0
             if report["candidates"]:  # an empty shard has no dataset to load
                 ds = schema.without_audio_decoding(load_from_disk(str(shard_dir)))
-                idx = [i for i, o in enumerate(ds["origin"]) if o in self.args.gate_origins]
+                # A synthetic row with a parent is a variant of a clean rendering: it is judged
+                # by its rendering's decision, so the cost grows with texts x voices, not variants.
+                idx = [
+                    i
+                    for i, (o, parent) in enumerate(zip(ds["origin"], ds["parent_id"], strict=True))
+                    if o in self.args.gate_origins and not (o == "synthetic" and parent)
+                ]
                 sub = ds.select(idx)
                 audio = [schema.decode_audio(a) for a in sub["audio"]]
                 seconds = sum(len(a) for a in audio) / schema.SAMPLE_RATE
@@ -165,11 +171,13 @@ class Gate:
         """Ids over the threshold and the gate's report, from the decisions of ``shard_names``; every
         rejected candidate, with its label, hypothesis and CER, is listed in ``rejected.jsonl``.
 
-        ``rows_meta`` maps a candidate id to its text and generator (engine, voice).
+        ``rows_meta`` maps a candidate id to its text and generator (engine, voice, and for a
+        variant the id of its rendering, whose rejection rejects it too).
         """
         decided = [files.read_json(self.decisions_path(n)) for n in shard_names]
         cers = {i: (h, c) for d in decided for i, (h, c) in d["rows"].items()}
         rejected = {i for i, (_, c) in cers.items() if c > self.args.gate_max_cer}
+        with_rendering = {i for i, m in rows_meta.items() if m.get("rendering") in rejected}
         by_engine: dict[str, Counter] = {}
         by_voice: Counter = Counter()
         for i in cers:
@@ -191,6 +199,7 @@ class Gate:
             "origins": list(self.args.gate_origins),
             "decoded": len(cers),
             "rejected": len(rejected),
+            "variants_rejected_with_their_rendering": len(with_rendering),
             "decoded_alone": sum(d["decoded_alone"] for d in decided),
             "by_engine": {
                 k: {"decoded": v["decoded"], "rejected": v["rejected"]} for k, v in sorted(by_engine.items())
@@ -210,7 +219,7 @@ class Gate:
             "x_real_time": round(audio_s / decode_s, 1) if decode_s > 0 else None,
         }
         self._write_list(rejected, cers, rows_meta)
-        return rejected, report
+        return rejected | with_rendering, report
 
     def _write_list(self, rejected: set[str], cers: dict[str, tuple[str, float]], rows_meta: dict) -> None:
         def write(tmp: Path) -> None:

@@ -140,10 +140,11 @@ def merge(
         made = merge_reports(reports)
         if gate_report is not None:
             log.info(
-                "gate: rejected %d of %d candidates decoded (CER > %g with %s; by engine %s; %d decoded again "
-                "alone; %.0fx real time) -> %s",
+                "gate: rejected %d of %d candidates decoded and %d variants of those (CER > %g with %s; by engine %s; "
+                "%d decoded again alone; %.0fx real time) -> %s",
                 gate_report["rejected"],
                 gate_report["decoded"],
+                gate_report["variants_rejected_with_their_rendering"],
                 gate_report["max_cer"],
                 gate_report["model"],
                 gate_report["by_engine"],
@@ -173,7 +174,12 @@ def _gate_meta(ds) -> dict[str, dict[str, str]]:
     meta = {}
     for i, text, gen in zip(ds["id"], ds["text"], ds["generator"], strict=True):
         g = json.loads(gen)
-        meta[i] = {"text": text, "engine": g.get("engine", ""), "voice": g.get("voice", "")}
+        meta[i] = {
+            "text": text,
+            "engine": g.get("engine", ""),
+            "voice": g.get("voice", ""),
+            "rendering": g.get("rendering", ""),
+        }
     return meta
 
 
@@ -193,13 +199,14 @@ def generate(run, args, gate_args) -> dict[str, Any] | None:
         else {j.id for j in jobs if j.kind == "perturb" and j.split == "target_train"}
     )
     recipe = load_recipe(args.perturb_recipe)
+    variant_recipe = load_recipe(args.variant_recipe) if args.variant_recipe else None
     gate = Gate(gate_args, out_dir / "gate") if gate_args.gate else None
     inputs = {split: schema.load_split(data_dir, split)._fingerprint for split in plan["perturb"]}
 
     # 2. Shards: job i goes to shard i % n, so every shard mixes engines and real speech.
     num_shards = args.num_shards or max(world, math.ceil(len(jobs) / SHARD_SIZE), 1)
     shard_jobs = [tuple(jobs[i::num_shards]) for i in range(num_shards)]
-    fingerprints = [fingerprint(sj, recipe, inputs, args.max_duration) for sj in shard_jobs]
+    fingerprints = [fingerprint(sj, recipe, inputs, args.max_duration, variant_recipe) for sj in shard_jobs]
     shards_dir = out_dir / "shards"
     mine = [args.shard_index] if args.shard_index >= 0 else list(range(rank, num_shards, world))
     if any(not 0 <= i < num_shards for i in mine):
@@ -227,6 +234,7 @@ def generate(run, args, gate_args) -> dict[str, Any] | None:
             data_dir=str(data_dir),
             shards_dir=str(shards_dir),
             recipe=args.perturb_recipe,
+            variant_recipe=args.variant_recipe,
             max_duration=args.max_duration,
             engine_timeout=args.engine_timeout,
             hf_model=args.hf_model,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from core import schema
+from core import paths, schema
 from core.seeding import derive_seed, stream_rng
 from data_prep.candidates import tts
 from data_prep.candidates.speakable import foreign_letters, language_of, unspeakable_symbols
@@ -35,6 +35,7 @@ class Job:
     engine: str = ""
     voice: str = ""
     perturb: bool = True  # tts: also perturb the synthesis; perturb jobs always are
+    variants: int = 0  # tts: perturbed variants made from the clean rendering, besides it
     split: str = ""  # perturb: split and row of the parent utterance
     row: int = -1
     copy: int = 0
@@ -61,27 +62,29 @@ def read_corpus(path: str, encoding: str = "utf-8") -> list[str]:
 
 
 def plan_texts(
-    train_texts: list[str], corpus: list[str], guard: LeakageGuard
+    train_texts: list[str], corpus: list[str], guard: LeakageGuard, prepared: list[str] = ()
 ) -> tuple[list[str], dict[str, int]]:
     """Unique TTS texts (first spelling of each normalised sentence), test texts refused.
 
-    Every input is counted once: train + corpus == blank_lines + empty + unspeakable_symbols +
-    duplicate + refused_protected + allowed (blank_lines: empty corpus lines; empty: nothing left
-    after normalisation, e.g. a line of punctuation; unspeakable_symbols: emoji and the like,
-    which engines read differently or not at all while the label keeps them).
+    ``prepared``: the transcripts prepare kept as text only. Every input is counted once:
+    train + corpus + prepared == blank_lines + empty + unspeakable_symbols + duplicate +
+    refused_protected + allowed (blank_lines: empty corpus lines; empty: nothing left after
+    normalisation, e.g. a line of punctuation; unspeakable_symbols: emoji and the like, which
+    engines read differently or not at all while the label keeps them).
     """
     seen: set[str] = set()
     texts: list[str] = []
     counts = dict(
         train=len(train_texts),
         corpus=len(corpus),
+        prepared=len(prepared),
         blank_lines=0,
         empty=0,
         unspeakable_symbols=0,
         duplicate=0,
         refused_protected=0,
     )
-    for text in [*train_texts, *corpus]:
+    for text in [*train_texts, *corpus, *prepared]:
         norm = normalize_text(text)
         if not text.strip():
             counts["blank_lines"] += 1
@@ -160,11 +163,12 @@ def _perturb_jobs(
     return jobs, counts
 
 
-def _tts_jobs(texts: list[str], run_seed: int, args) -> tuple[list[Job], dict[str, Any]]:
-    """Every selected voice of every installed engine speaks a seeded sample of the texts; the
-    report says which engines and voices were used and how many jobs the cap dropped."""
-    jobs: list[Job] = []
-    plan: dict[str, Any] = {"engines": {}}
+def _speakers(
+    texts: list[str], run_seed: int, args, plan: dict[str, Any]
+) -> list[tuple[str, str, list[str]]]:
+    """(engine, voice, the texts it can say) for every selected voice of every installed engine;
+    the plan records the engines, their voices and the (voice, text) pairs refused for their script."""
+    speakers = []
     for name in args.engines:
         engine = tts.cached_engine(name, args.engine_timeout, args.hf_model)
         if not engine.available():
@@ -182,24 +186,87 @@ def _tts_jobs(texts: list[str], run_seed: int, args) -> tuple[list[Job], dict[st
             language = language_of(engine.accent(voice))
             sayable = [t for t in texts if not foreign_letters(t, language)]
             plan["engines"][name]["refused_foreign_script"] += len(texts) - len(sayable)
-            rng = stream_rng(run_seed, "texts", name, voice)
-            n = len(sayable) if not args.texts_per_voice else min(args.texts_per_voice, len(sayable))
-            for i in sorted(rng.choice(len(sayable), size=n, replace=False).tolist()):
-                text = sayable[i]
-                cid = f"tts-{_slug(name)}-{_slug(voice)}-{hashlib.sha1(normalize_text(text).encode()).hexdigest()[:12]}"
-                seed = derive_seed(run_seed, cid)
-                coin = stream_rng(seed, "perturb?").random()
-                use_recipe = bool(coin < args.perturb_synthetic_prob)
-                jobs.append(
-                    Job(
-                        id=cid, kind="tts", seed=seed, text=text, engine=name, voice=voice, perturb=use_recipe
-                    )
-                )
+            speakers.append((name, voice, sayable))
+    return speakers
+
+
+def texts_for_each_voice(
+    speakers: list[tuple[str, str, list[str]]], texts_per_voice: int, run_seed: int
+) -> list[tuple[str, str, str]]:
+    """(engine, voice, text): each voice speaks a seeded sample of the texts it can say (0: all)."""
+    out = []
+    for name, voice, sayable in speakers:
+        rng = stream_rng(run_seed, "texts", name, voice)
+        n = len(sayable) if not texts_per_voice else min(texts_per_voice, len(sayable))
+        out += [
+            (name, voice, sayable[i])
+            for i in sorted(rng.choice(len(sayable), size=n, replace=False).tolist())
+        ]
+    return out
+
+
+def voices_for_each_text(
+    texts: list[str], speakers: list[tuple[str, str, list[str]]], voices_per_text: int, run_seed: int
+) -> tuple[list[tuple[str, str, str]], int]:
+    """(engine, voice, text): every text spoken by ``voices_per_text`` voices (all when fewer can
+    say it), a seeded choice per text that depends on the text, not on its position in the list;
+    and the number of texts no voice can say."""
+    can_say = [set(sayable) for _, _, sayable in speakers]
+    out, unsaid = [], 0
+    for text in texts:
+        able = [k for k, said in enumerate(can_say) if text in said]
+        if not able:
+            unsaid += 1
+            continue
+        rng = stream_rng(run_seed, "voices for", normalize_text(text))
+        n = min(voices_per_text, len(able))
+        for k in sorted(rng.choice(len(able), size=n, replace=False).tolist()):
+            name, voice, _ = speakers[able[k]]
+            out.append((name, voice, text))
+    return out, unsaid
+
+
+def _tts_jobs(texts: list[str], run_seed: int, args) -> tuple[list[Job], dict[str, Any]]:
+    """The renderings (engine, voice, text) to synthesize as jobs; the report says which engines
+    and voices were used and how many jobs the cap dropped."""
+    plan: dict[str, Any] = {"engines": {}}
+    speakers = _speakers(texts, run_seed, args, plan)
+    if args.voices_per_text:
+        renderings, plan["texts_no_voice_can_say"] = voices_for_each_text(
+            texts, speakers, args.voices_per_text, run_seed
+        )
+    else:
+        renderings = texts_for_each_voice(speakers, args.texts_per_voice, run_seed)
+    jobs = []
+    for name, voice, text in renderings:
+        cid = (
+            f"tts-{_slug(name)}-{_slug(voice)}-{hashlib.sha1(normalize_text(text).encode()).hexdigest()[:12]}"
+        )
+        seed = derive_seed(run_seed, cid)
+        if args.variants_per_rendering:
+            # the clean rendering is kept and its variants are drawn from it in the shard
+            perturb, variants = False, args.variants_per_rendering
+        else:
+            perturb, variants = bool(stream_rng(seed, "perturb?").random() < args.perturb_synthetic_prob), 0
+        jobs.append(
+            Job(
+                id=cid,
+                kind="tts",
+                seed=seed,
+                text=text,
+                engine=name,
+                voice=voice,
+                perturb=perturb,
+                variants=variants,
+            )
+        )
     if args.max_synthetic and len(jobs) > args.max_synthetic:
         rng = stream_rng(run_seed, "max_synthetic")
         keep = set(rng.choice(len(jobs), size=args.max_synthetic, replace=False).tolist())
         plan["synthetic_over_cap"] = len(jobs) - len(keep)
         jobs = [j for i, j in enumerate(jobs) if i in keep]
+    plan["renderings"] = len(jobs)
+    plan["renderings_per_text"] = round(len(jobs) / max(len({normalize_text(j.text) for j in jobs}), 1), 2)
     return jobs, plan
 
 
@@ -213,7 +280,9 @@ def plan_jobs(run, args, data_dir: Path) -> tuple[list[Job], dict[str, Any]]:
     jobs, plan["perturb"] = _perturb_jobs(rows_by_split, guard, args.copies_per_utterance, run.seed)
 
     corpus = read_corpus(args.text_corpus, args.text_corpus_encoding) if args.text_corpus else []
-    texts, plan["texts"] = plan_texts(rows_by_split["target_train"]["text"], corpus, guard)
+    prepared_file = data_dir / paths.UNUSED_TEXTS
+    prepared = read_corpus(str(prepared_file)) if args.prepared_texts and prepared_file.is_file() else []
+    texts, plan["texts"] = plan_texts(rows_by_split["target_train"]["text"], corpus, guard, prepared)
     if plan["texts"]["refused_protected"] and not texts:
         log.warning(
             "every TTS text is a test text and was refused: no synthetic candidates (add a text_corpus)"

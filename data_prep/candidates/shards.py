@@ -54,6 +54,7 @@ class ShardTask:
     recipe: str
     max_duration: float
     engine_timeout: float
+    variant_recipe: str = ""  # empty: recipe
     hf_model: str = ""
     progress: bool = True
 
@@ -71,8 +72,14 @@ def shard_done(shards_dir: Path, index: int, num_shards: int, fingerprint: str) 
         return False
 
 
-def fingerprint(jobs: tuple[Job, ...], recipe: Recipe, inputs: dict[str, str], max_duration: float) -> str:
-    """What a shard's content depends on: its jobs, the recipe, the input splits, the length cap."""
+def fingerprint(
+    jobs: tuple[Job, ...],
+    recipe: Recipe,
+    inputs: dict[str, str],
+    max_duration: float,
+    variant_recipe: Recipe | None = None,
+) -> str:
+    """What a shard's content depends on: its jobs, the recipes, the input splits, the length cap."""
     doc = {
         "version": FORMAT_VERSION,
         "jobs": [dataclasses.astuple(j) for j in jobs],
@@ -80,6 +87,8 @@ def fingerprint(jobs: tuple[Job, ...], recipe: Recipe, inputs: dict[str, str], m
         "inputs": inputs,
         "max_duration": max_duration,
     }
+    if any(j.variants for j in jobs):
+        doc["variant_recipe"] = (variant_recipe or recipe).to_dict()
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -122,6 +131,7 @@ class _ShardWorker:
     def __init__(self, task: ShardTask):
         self.task = task
         self.recipe = load_recipe(task.recipe)
+        self.variant_recipe = load_recipe(task.variant_recipe) if task.variant_recipe else self.recipe
         self.splits: dict[str, Any] = {}
         self.stats: dict[str, Any] = {
             "candidates": 0,
@@ -143,32 +153,37 @@ class _ShardWorker:
             self.splits[name] = schema.without_audio_decoding(schema.load_split(self.task.data_dir, name))
         return self.splits[name]
 
-    def _fail(self, reason: str, job: Job, detail: str) -> None:
-        self.stats["failures"][reason] += 1
+    def _fail(self, reason: str, job: Job, detail: str, count: int = 1) -> None:
+        self.stats["failures"][reason] += count
         examples = self.failure_examples.setdefault(reason, [])
         if len(examples) < MAX_EXAMPLES:
             examples.append(f"{job.id}: {detail}")
         log.debug("candidate %s failed (%s): %s", job.id, reason, detail)
 
-    def _perturb(self, wav: torch.Tensor, job: Job) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _perturb(self, wav: torch.Tensor, job: Job, variant: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
         t0 = time.perf_counter()
-        out, record = perturb(wav, self.recipe, derive_seed(job.seed, "perturb"))
+        if variant:
+            out, record = perturb(wav, self.variant_recipe, derive_seed(job.seed, "variant", variant))
+        else:
+            out, record = perturb(wav, self.recipe, derive_seed(job.seed, "perturb"))
         self.stats["perturb_seconds"] += time.perf_counter() - t0
         self.stats["perturb_audio_seconds"] += out.numel() / schema.SAMPLE_RATE
         for op in record["ops"]:
             self.stats["by_op"][op["op"]] += 1
         return out, record
 
-    def _perturbed(self, job: Job) -> tuple[torch.Tensor, dict, dict]:
+    def _perturbed(self, job: Job) -> list[tuple[str, torch.Tensor, dict, dict]]:
         parent = self._split(job.split)[job.row]
         wav, record = self._perturb(torch.from_numpy(schema.decode_audio(parent["audio"])), job)
         generator = _provenance(job, record, engine="", voice="", source_split=job.split, copy=job.copy)
         meta = dict(
             speaker=parent["speaker"], accent=parent["accent"], origin="perturbed", parent_id=parent["id"]
         )
-        return wav, generator, meta
+        return [(job.id, wav, generator, meta)]
 
-    def _synthetic(self, job: Job) -> tuple[torch.Tensor, dict, dict] | None:
+    def _synthetic(self, job: Job) -> list[tuple[str, torch.Tensor, dict, dict]]:
+        """The rendering of ``job`` (perturbed when ``job.perturb``) and its variants, or nothing
+        after counting why the synthesis failed."""
         engine = tts.cached_engine(job.engine, self.task.engine_timeout, self.task.hf_model)
         engine_seed = derive_seed(job.seed, "tts")
         t0 = time.perf_counter()
@@ -176,50 +191,65 @@ class _ShardWorker:
             samples, rate = engine.synthesize(job.text, job.voice, engine_seed)
         except tts.SynthesisError as e:  # custom engines raise it too
             self._fail("synthesis_error", job, str(e)[:300])
-            return None
+            return []
         wav = _resample(samples, rate)
         self.stats["engine_seconds"][job.engine] += time.perf_counter() - t0
         self.stats["engine_audio_seconds"][job.engine] += wav.numel() / schema.SAMPLE_RATE
         # data_prep.candidates.tts engines raise SynthesisError for silence; a custom engine may not.
         if wav.numel() == 0 or not float(wav.abs().max()) >= tts.SILENCE_PEAK:
             self._fail("silent_synthesis", job, f"{job.engine} voice {job.voice} returned silence or NaN")
-            return None
+            return []
         problem = audio_problem(wav.numpy(), schema.SAMPLE_RATE, job.text)
         if problem:
             self._fail(problem[0], job, f"{job.engine} voice {job.voice} on {job.text[:60]!r}: {problem[1]}")
-            return None
+            return []
+        clean = wav
         record = {"recipe": "", "seed": None, "ops": [], "peak_scale": 1.0}
         if job.perturb:
             wav, record = self._perturb(wav, job)
         params = _engine_params(engine, job.voice, engine_seed)
-        generator = _provenance(
-            job, record, engine=job.engine, voice=job.voice, engine_seed=engine_seed, engine_params=params
-        )
+        voice = dict(engine=job.engine, voice=job.voice, engine_seed=engine_seed, engine_params=params)
         accent = _voice_accent(engine, job.voice)
         meta = dict(speaker=f"{job.engine}:{job.voice}", accent=accent, origin="synthetic", parent_id="")
-        return wav, generator, meta
+        made = [(job.id, wav, _provenance(job, record, **voice), meta)]
+        # Variants: the same synthesis through other acoustics. The parent is the clean rendering,
+        # which the gate decodes once for all of them.
+        for k in range(1, job.variants + 1):
+            out, rec = self._perturb(clean, job, variant=k)
+            generator = _provenance(job, rec, **voice, variant=k, rendering=job.id)
+            made.append((f"{job.id}-v{k}", out, generator, {**meta, "parent_id": job.id}))
+        return made
 
-    def make(self, job: Job) -> dict | None:
-        """The candidate row of ``job``, or None after counting why it failed."""
+    def make(self, job: Job) -> list[dict]:
+        """The candidate rows of ``job`` (one, or a rendering and its variants); a row that fails
+        is counted and left out."""
         made = self._perturbed(job) if job.kind == "perturb" else self._synthetic(job)
-        if made is None:
-            return None
-        wav, generator, meta = made
-        if not torch.isfinite(wav).all():
-            self._fail("non_finite", job, "NaN or infinite samples after perturbation")
-            return None
-        duration = wav.numel() / schema.SAMPLE_RATE
-        if duration > self.task.max_duration:
-            self._fail("too_long", job, f"{duration:.1f} s > max_duration {self.task.max_duration} s")
-            return None
-        row = schema.make_row(id=job.id, samples=wav.numpy(), text=job.text, generator=generator, **meta)
+        rows = []
+        for k, (cid, wav, generator, meta) in enumerate(made):
+            duration = wav.numel() / schema.SAMPLE_RATE
+            if not torch.isfinite(wav).all():
+                self._fail("non_finite", job, f"{cid}: NaN or infinite samples after perturbation")
+            elif duration > self.task.max_duration:
+                self._fail(
+                    "too_long", job, f"{cid}: {duration:.1f} s > max_duration {self.task.max_duration} s"
+                )
+            else:
+                rows.append(self._row(job, cid, wav, generator, meta))
+                continue
+            if k == 0 and len(made) > 1:
+                # the gate judges variants by their clean rendering: without it they are not made
+                self._fail("variant_of_failed_rendering", job, f"variants of {cid}", count=len(made) - 1)
+                break
+        return rows
+
+    def _row(self, job: Job, cid: str, wav: torch.Tensor, generator: dict, meta: dict) -> dict:
         self.stats["candidates"] += 1
-        self.stats["audio_seconds"] += duration
+        self.stats["audio_seconds"] += wav.numel() / schema.SAMPLE_RATE
         self.stats["by_origin"][meta["origin"]] += 1
         self.stats["by_engine"][job.engine or "perturb"] += 1
         if job.kind == "tts":
             self.stats["by_voice"][meta["speaker"]] += 1
-        return row
+        return schema.make_row(id=cid, samples=wav.numpy(), text=job.text, generator=generator, **meta)
 
 
 def _cpu_seconds() -> float:
@@ -255,9 +285,7 @@ def _make_shard(task: ShardTask, out: Path) -> dict[str, Any]:
     worker = _ShardWorker(task)
     rows = []
     for job in tqdm(task.jobs, desc=name, unit="cand", disable=not task.progress, leave=False):
-        row = worker.make(job)
-        if row is not None:
-            rows.append(row)
+        rows += worker.make(job)
     features = schema.features()
     ds = Dataset.from_dict({c: [r[c] for r in rows] for c in features}, features=features)
     report = {
