@@ -111,8 +111,8 @@ def select_candidates(scored, mode: str, rng: np.random.Generator) -> tuple[np.n
     if mode == "all":
         return np.arange(n), np.ones(n)
     if mode == "random":
-        k = int(np.sum(scored["accepted"]))
-        return np.sort(rng.choice(n, size=k, replace=False)), np.ones(k)
+        idx = random_selection(np.asarray(scored["accepted"], dtype=bool), _sample_groups(scored), rng)
+        return idx, np.ones(len(idx))
     if mode == "weighted":
         if "weight" not in scored.column_names:
             raise ValueError(
@@ -126,15 +126,41 @@ def select_candidates(scored, mode: str, rng: np.random.Generator) -> tuple[np.n
         if "log_ratio" not in scored.column_names:
             raise ValueError("the scored candidates have no `log_ratio` column: rerun the filter stage")
         accepted = np.asarray(scored["accepted"], dtype=bool)
-        # Filter outputs from before grouped sampling have no `sample_group`: one group, as they sampled.
-        groups = scored["sample_group"] if "sample_group" in scored.column_names else None
-        idx = anti_selection(np.asarray(scored["log_ratio"], dtype=np.float64), accepted, groups)
+        idx = anti_selection(
+            np.asarray(scored["log_ratio"], dtype=np.float64), accepted, _sample_groups(scored)
+        )
         logger.info(
             "anti: %d candidates with the lowest log ratios (as many as accepted, per sampling group), %d of them "
             "also accepted", len(idx), int(accepted[idx].sum()),
         )  # fmt: skip
         return idx, np.ones(len(idx))
     raise ValueError(f"unknown candidate selection {mode!r}")
+
+
+def _sample_groups(scored):
+    # Filter outputs from before grouped sampling have no `sample_group`: one group, as they sampled.
+    return scored["sample_group"] if "sample_group" in scored.column_names else None
+
+
+def _group_members(n: int, groups) -> np.ndarray:
+    if groups is None:
+        return np.zeros(n, dtype=np.int64)
+    return np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
+
+
+def random_selection(accepted: np.ndarray, groups, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of a uniform draw, in every group as many as were accepted in it (``groups``
+    None: one group): the same size and the same texts as the accepted set, so under a grouped
+    policy the arm differs from real+accepted only by which renderings of each text it holds."""
+    accepted = np.asarray(accepted, dtype=bool)
+    member = _group_members(len(accepted), groups)
+    chosen = []
+    for g in np.unique(member):
+        rows = np.flatnonzero(member == g)
+        k = int(accepted[rows].sum())
+        if k:
+            chosen.append(rng.choice(rows, size=k, replace=False))
+    return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
 
 
 def anti_selection(log_ratio: np.ndarray, accepted: np.ndarray, groups=None) -> np.ndarray:
@@ -148,9 +174,7 @@ def anti_selection(log_ratio: np.ndarray, accepted: np.ndarray, groups=None) -> 
     log_ratio, accepted = np.asarray(log_ratio, dtype=np.float64), np.asarray(accepted, dtype=bool)
     if log_ratio.shape != accepted.shape:
         raise ValueError(f"{len(log_ratio)} log ratios for {len(accepted)} accepted flags")
-    member = np.zeros(len(log_ratio), dtype=np.int64)
-    if groups is not None:
-        member = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
+    member = _group_members(len(log_ratio), groups)
     # Sorted by group, then log ratio, then row: each group's lowest come first within it.
     order = np.lexsort((np.arange(len(log_ratio)), log_ratio, member))
     starts = np.searchsorted(member[order], np.arange(member.max(initial=0) + 1))

@@ -7,7 +7,14 @@ from tiny_asr import write_prepared
 
 from core import files, schema
 from core.config import ConfigError, RunArgs
-from recipe.data import TRAIN_COLUMNS, load_parts, mix_weights, normalized_transcripts, select_candidates
+from recipe.data import (
+    TRAIN_COLUMNS,
+    load_parts,
+    mix_weights,
+    normalized_transcripts,
+    random_selection,
+    select_candidates,
+)
 from recipe.train_args import TrainArgs
 
 
@@ -44,6 +51,27 @@ def test_random_arm_is_size_matched_and_seeded():
     assert np.array_equal(idx, again)
     idx, mass = select_candidates(Scored(scored), "weighted", np.random.default_rng(0))
     assert len(idx) == 8 and mass.sum() == 8
+
+
+def test_random_arm_draws_uniformly_as_many_as_accepted_within_each_text():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(["a", "b", "c", "d"], [30, 12, 5, 4]).astype(object)
+    accepted = np.zeros(len(groups), bool)
+    for g, k in {"a": 6, "b": 2, "c": 5}.items():  # c: every rendering accepted; d: none
+        accepted[rng.choice(np.flatnonzero(groups == g), k, replace=False)] = True
+    hits = np.zeros(len(groups))
+    for seed in range(400):
+        idx = random_selection(accepted, groups, np.random.default_rng(seed))
+        assert np.all(np.diff(idx) > 0)
+        for g in "abcd":
+            inside = np.flatnonzero(groups == g)
+            assert len(np.intersect1d(idx, inside)) == accepted[inside].sum()  # the same texts covered
+        hits[idx] += 1
+    # uniform within a text: every rendering of `a` drawn about 6/30 of the time, not the accepted ones
+    a = np.flatnonzero(groups == "a")
+    np.testing.assert_allclose(hits[a] / 400, 6 / 30, atol=0.07)
+    assert hits[accepted & (groups == "a")].mean() / 400 == pytest.approx(6 / 30, abs=0.05)
+    assert len(random_selection(accepted, None, np.random.default_rng(0))) == accepted.sum()
 
 
 def test_normalized_transcripts_keep_rows_and_schema():
