@@ -94,7 +94,7 @@ def bench_perturbations(seconds: float, repeats: int, speech_dir: str) -> list[d
     x, what = test_clip(seconds, speech_dir)
     print(f"perturbations on {seconds:.0f} s of {what}, 1 thread, median of {repeats}")
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    recipe = P.load_recipe("default")
+    recipe, channel = P.load_recipe("default"), P.load_recipe("channel")
     seeds = iter(range(10**9))
     cases = [
         ("speed 1.137", lambda: P.speed(x, 1.137), lambda: AF.speed(x[None], SAMPLE_RATE, 1.137), seconds),
@@ -127,7 +127,14 @@ def bench_perturbations(seconds: float, repeats: int, speech_dir: str) -> list[d
             seconds,
         ),
         ("telephone", lambda: P.telephone(x), None, seconds),
+        ("codec mu-law", lambda: P.codec(x, "mu-law"), None, seconds),
+        ("codec a-law", lambda: P.codec(x, "a-law"), None, seconds),
+        ("bandlimit 3217 Hz", lambda: P.bandlimit(x, 3217.0), None, seconds),
+        ("bandlimit 7000 Hz", lambda: P.bandlimit(x, 7000.0), None, seconds),
+        ("formant alpha 0.9", lambda: P.formant(x, 0.9), None, seconds),
+        ("formant alpha 1.1", lambda: P.formant(x, 1.1), None, seconds),
         ("default recipe", lambda: P.perturb(x, recipe, next(seeds)), None, seconds),
+        ("channel recipe", lambda: P.perturb(x, channel, next(seeds)), None, seconds),
     ]
     rows = []
     for name, ours, baseline, audio in cases:

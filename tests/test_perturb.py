@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torchaudio
 from conftest import tone, write_wav
 
 from data_prep.candidates import perturb as P
@@ -157,6 +158,108 @@ def test_telephone_mu_law_quantizes_but_keeps_speech_band():
     assert band_power(y, 980, 1020) / band_power(y, 0, SR / 2) < 0.99999  # but it is quantized
 
 
+def quantization_snr_db(law: str, amplitude: float) -> float:
+    # 1013 Hz is not a divisor of 8 kHz: the sine visits many codes, so the error is noise-like.
+    t = torch.arange(2 * SR, dtype=torch.float64) / SR
+    x = (amplitude * torch.sin(2 * math.pi * 1013.0 * t)).float()
+    inner = slice(SR // 10, -SR // 10)
+    return snr_db(x[inner], P.codec(x, law)[inner])
+
+
+def test_codec_keeps_length_and_leaves_under_one_percent_above_4khz():
+    x = 0.3 * torch.randn(2 * SR, generator=torch.Generator().manual_seed(0))
+    for law in P.G711_LAWS:
+        y = P.codec(x, law)
+        assert y.numel() == x.numel()
+        assert band_power(y, 4000, SR / 2) / band_power(y, 0, SR / 2) < 0.01
+        # No band-pass: unlike telephone, the low band survives.
+        assert band_power(y, 0, 300) / band_power(x, 0, 300) > 0.9
+    assert not torch.equal(P.codec(x, "mu-law"), P.codec(x, "a-law"))
+
+
+def test_codec_quantization_noise_follows_each_law():
+    # 8-bit log companding: ~38 dB SNR at any mid level (6.02 * 8 + 4.77 - 20 log10(1 + ln A) for
+    # A-law, - 20 log10(ln(1 + mu)) for mu-law), where a linear 8-bit code would lose 6 dB per halving.
+    for law in P.G711_LAWS:
+        for amplitude in (0.3, 0.03):
+            assert 35.0 < quantization_snr_db(law, amplitude) < 41.0
+    # Far below full scale mu-law's finer smallest step wins (A-law's is 3x coarser, ~9 dB).
+    assert quantization_snr_db("mu-law", 0.001) > quantization_snr_db("a-law", 0.001) + 5.0
+
+
+def test_a_law_codes_round_trip_and_match_the_standard_curve():
+    codes = torch.arange(256)
+    assert torch.equal(P.a_law_encoding(P.a_law_decoding(codes)), codes)
+    x = torch.linspace(-1, 1, 10_001)
+    # Half a step of the companded value, (1 + ln A) / 255 in log amplitude: above 1/A the error
+    # is a constant fraction of the amplitude (log companding), below it a fraction of 1/A.
+    error = (P.a_law_decoding(P.a_law_encoding(x)) - x).abs() / x.abs().clamp_min(1 / 87.6)
+    assert float(error.max()) == pytest.approx(math.expm1((1 + math.log(87.6)) / 255), rel=0.01)
+    # Linear below 1/A: a small value's compressed level is A x / (1 + ln A) of the half range.
+    small = torch.tensor([0.005])
+    assert int(P.a_law_encoding(small)) == int((87.6 * 0.005 / (1 + math.log(87.6)) + 1) / 2 * 255 + 0.5)
+    with pytest.raises(ValueError, match="law"):
+        P.codec(x, "g729")
+
+
+@pytest.mark.parametrize("cutoff", [1000.0, 3217.0, 7000.0])
+def test_bandlimit_removes_what_is_above_the_cutoff_and_keeps_what_is_below(cutoff):
+    x = 0.3 * torch.randn(2 * SR, generator=torch.Generator().manual_seed(0))
+    y = P.bandlimit(x, cutoff)
+    assert y.numel() == x.numel()
+    assert band_power(y, cutoff, SR / 2) / band_power(y, 0, SR / 2) < 0.01
+    assert 10 * math.log10(band_power(y, 0, 0.9 * cutoff) / band_power(x, 0, 0.9 * cutoff)) == pytest.approx(
+        0.0, abs=1.0
+    )
+    tone_below = sine(1.0, 0.5 * cutoff)
+    inner = slice(SR // 10, -SR // 10)  # the abrupt start and end of the tone are broadband
+    assert torch.allclose(P.bandlimit(tone_below, cutoff)[inner], tone_below[inner], atol=1e-3)
+
+
+def vowel(f0: float, formant_hz: float = 1500.0, bandwidth_hz: float = 100.0, seconds: float = 2.0):
+    """A pulse train at ``f0`` through one two-pole resonator: a vowel with one formant."""
+    x = torch.zeros(int(seconds * SR), dtype=torch.float64)
+    x[:: round(SR / f0)] = 1.0
+    r, theta = math.exp(-math.pi * bandwidth_hz / SR), 2 * math.pi * formant_hz / SR
+    a = torch.tensor([1.0, -2 * r * math.cos(theta), r * r], dtype=torch.float64)
+    b = torch.tensor([1 - r, 0.0, 0.0], dtype=torch.float64)
+    x = torchaudio.functional.lfilter(x, a, b, clamp=False)
+    return (0.5 * x / x.abs().max()).float()
+
+
+def centroid_hz(wav: torch.Tensor) -> float:
+    spec = torch.fft.rfft(wav.double() * torch.hann_window(wav.numel(), dtype=torch.float64)).abs() ** 2
+    return float((torch.fft.rfftfreq(wav.numel(), 1 / SR) * spec).sum() / spec.sum())
+
+
+def period_hz(wav: torch.Tensor) -> float:
+    """The pulse rate: the autocorrelation's highest peak at lags of 2.5-25 ms (400-40 Hz)."""
+    y = wav.double() - wav.double().mean()
+    ac = torch.fft.irfft(torch.fft.rfft(y, 2 * y.numel()).abs() ** 2)
+    return SR / (40 + int(ac[40:400].argmax()))
+
+
+@pytest.mark.parametrize("f0", [100.0, 130.0, 220.0])
+@pytest.mark.parametrize("alpha", [0.85, 0.9, 1.1, 1.15])
+def test_formant_moves_the_envelope_by_alpha_and_keeps_f0_and_duration(f0, alpha):
+    x = vowel(f0)
+    y = P.formant(x, alpha)
+    assert y.numel() == x.numel()
+    assert centroid_hz(y) / centroid_hz(x) == pytest.approx(alpha, rel=0.05)
+    assert period_hz(y) == pytest.approx(period_hz(x), rel=0.02)
+    assert float(y.pow(2).sum()) == pytest.approx(float(x.pow(2).sum()), rel=1e-4)
+
+
+def test_formant_alpha_one_is_the_identity_and_the_warp_keeps_nyquist():
+    x = vowel(130.0)
+    assert torch.allclose(P.formant(x, 1.0), x, atol=1e-5)
+    freqs = torch.tensor([0.0, 1000.0, 3000.0, 8000.0])
+    for alpha in (0.85, 1.15):
+        source = P.vtlp_source_hz(freqs, alpha)
+        assert torch.allclose(source[:3], freqs[:3] / alpha) and float(source[3]) == pytest.approx(8000.0)
+    assert P.formant(x[:100], 1.1).numel() == 100  # shorter than one analysis frame
+
+
 def test_stereo_input_is_refused():
     with pytest.raises(ValueError, match="mono"):
         P.speed(torch.zeros(2, 100), 1.1)
@@ -183,6 +286,18 @@ def test_record_replays_the_audio():
         y, record = P.perturb(x, recipe, seed)
         replay = P.apply_ops(x, json.loads(json.dumps(record["ops"]))) * record["peak_scale"]
         assert torch.allclose(y, replay, atol=1e-6)
+
+
+def test_every_op_and_the_channel_recipe_replay_from_their_record():
+    everything = P.recipe_from_dict([{"op": op} for op in P.OPS])  # p defaults to 1
+    x = harmonic(1.0)
+    for recipe in (everything, P.load_recipe("channel")):
+        for seed in range(3):
+            y, record = P.perturb(x, recipe, seed)
+            if recipe is everything:
+                assert [op["op"] for op in record["ops"]] == list(P.OPS)
+            replay = P.apply_ops(x, json.loads(json.dumps(record["ops"]))) * record["peak_scale"]
+            assert torch.allclose(y, replay, atol=1e-6)
 
 
 def test_every_builtin_recipe_draws_within_its_ranges():

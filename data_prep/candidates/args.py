@@ -60,7 +60,7 @@ class GenerateArgs:
     )
     perturb_recipe: str = arg(
         "default",
-        "Perturbation recipe: a builtin (default, telephone) or a YAML/JSON file (format: data_prep/candidates/perturb/recipes.py).",
+        "Perturbation recipe: a builtin (default, telephone, channel) or a YAML/JSON file (format: data_prep/candidates/perturb/recipes.py).",
     )
     copies_per_utterance: int = arg(
         2,

@@ -7,10 +7,16 @@
 """
 
 from data_prep.candidates.perturb.dsp import (
+    G711_LAWS,
     MAX_RATIO_DENOMINATOR,
     NOISE_COLORS,
+    a_law_decoding,
+    a_law_encoding,
     add_noise,
+    bandlimit,
+    codec,
     colored_noise,
+    formant,
     gain,
     pitch_shift,
     reverberate,
@@ -19,6 +25,7 @@ from data_prep.candidates.perturb.dsp import (
     telephone,
     tempo,
     time_stretch,
+    vtlp_source_hz,
 )
 from data_prep.candidates.perturb.ops import OPS, Param, apply_op, apply_ops
 from data_prep.candidates.perturb.recipes import (
@@ -34,6 +41,7 @@ from data_prep.candidates.perturb.recipes import (
 
 __all__ = [
     "BUILTIN_RECIPES",
+    "G711_LAWS",
     "MAX_RATIO_DENOMINATOR",
     "NOISE_COLORS",
     "OPS",
@@ -41,10 +49,15 @@ __all__ = [
     "OpSpec",
     "Param",
     "Recipe",
+    "a_law_decoding",
+    "a_law_encoding",
     "add_noise",
     "apply_op",
     "apply_ops",
+    "bandlimit",
+    "codec",
     "colored_noise",
+    "formant",
     "gain",
     "load_recipe",
     "perturb",
@@ -57,4 +70,5 @@ __all__ = [
     "telephone",
     "tempo",
     "time_stretch",
+    "vtlp_source_hz",
 ]

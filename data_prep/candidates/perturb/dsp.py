@@ -2,7 +2,8 @@
 parameters (noise and room responses take an explicit generator), so a record replays exactly.
 
 ``gain``, ``speed``, ``tempo``, ``time_stretch`` (WSOLA), ``pitch_shift``, ``colored_noise``,
-``add_noise``, ``synthetic_rir``, ``reverberate``, ``telephone``.
+``add_noise``, ``synthetic_rir``, ``reverberate``, ``telephone``, ``codec`` (G.711 mu-law or
+A-law at 8 kHz), ``bandlimit``, ``formant`` (vocal-tract-length perturbation).
 """
 
 from __future__ import annotations
@@ -187,13 +188,54 @@ def reverberate(wav: torch.Tensor, rir: torch.Tensor) -> torch.Tensor:
 # 67.5 degrees); torchaudio's biquads are 2nd order, too gentle for a telephone band edge.
 _BUTTERWORTH4_Q = (0.5412, 1.3066)
 _TELEPHONE_RATE = 8000
-_MU_LAW_CHANNELS = 256  # G.711: 8 bits per sample
+_G711_CHANNELS = 256  # G.711: 8 bits per sample
+_A_LAW_A = 87.6  # G.711's (European) A-law constant
+G711_LAWS = ("mu-law", "a-law")
+
+
+def a_law_encoding(x: torch.Tensor, quantization_channels: int = _G711_CHANNELS) -> torch.Tensor:
+    """A-law companding (A = 87.6) of ``x`` in [-1, 1] to integer codes 0..channels-1.
+
+    The continuous law, uniformly quantized, with the code layout of torchaudio's
+    ``mu_law_encoding``, so the two laws differ only in their curve: linear below 1/A,
+    logarithmic above. (G.711 tables approximate the same curve by 8 linear segments.)
+    """
+    ax = _A_LAW_A * x.abs().clamp(max=1.0)
+    y = torch.where(ax < 1.0, ax, 1.0 + torch.log(ax.clamp_min(1.0))) / (1.0 + math.log(_A_LAW_A))
+    q = quantization_channels - 1
+    return ((torch.sign(x) * y + 1.0) / 2.0 * q + 0.5).to(torch.int64)
+
+
+def a_law_decoding(codes: torch.Tensor, quantization_channels: int = _G711_CHANNELS) -> torch.Tensor:
+    """The inverse of ``a_law_encoding``: codes 0..channels-1 back to amplitudes in [-1, 1]."""
+    y = codes.to(torch.float32) / (quantization_channels - 1) * 2.0 - 1.0
+    v = y.abs() * (1.0 + math.log(_A_LAW_A))
+    return torch.sign(y) * torch.where(v < 1.0, v, torch.exp(v - 1.0)) / _A_LAW_A
+
+
+def codec(wav: torch.Tensor, law: str = "mu-law", sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """A G.711 codec without the telephone band-pass: 8 kHz, 8-bit ``mu-law`` or ``a-law``, and back.
+
+    The resampler's anti-aliasing leaves under 1% of white noise's energy above 4 kHz. The
+    signal is clipped to [-1, 1] before companding, as a real encoder saturates. Both laws
+    give about 38 dB SNR over a wide range of levels; mu-law resolves quiet signals better
+    (its smallest step is a third of A-law's).
+    """
+    check_mono(wav)
+    if law not in G711_LAWS:
+        raise ValueError(f"unknown codec law {law!r}; choose one of {list(G711_LAWS)}")
+    x = AF.resample(wav, sample_rate, _TELEPHONE_RATE).clamp(-1.0, 1.0)
+    if law == "mu-law":
+        x = AF.mu_law_decoding(AF.mu_law_encoding(x, _G711_CHANNELS), _G711_CHANNELS)
+    else:
+        x = a_law_decoding(a_law_encoding(x))
+    return AF.resample(x, _TELEPHONE_RATE, sample_rate)[: wav.shape[-1]]
 
 
 def telephone(
     wav: torch.Tensor, low_hz: float = 300.0, high_hz: float = 3400.0, sample_rate: int = SAMPLE_RATE
 ) -> torch.Tensor:
-    """A narrow-band telephone channel: band-pass, 8 kHz, 8-bit mu-law (G.711), and back.
+    """A narrow-band telephone channel: band-pass, then ``codec`` (8 kHz, 8-bit mu-law, and back).
 
     The input is clipped to [-1, 1] first, as a real codec would saturate.
     """
@@ -204,6 +246,106 @@ def telephone(
     for q in _BUTTERWORTH4_Q:
         x = AF.highpass_biquad(x, sample_rate, low_hz, q)
         x = AF.lowpass_biquad(x, sample_rate, high_hz, q)
-    x = AF.resample(x, sample_rate, _TELEPHONE_RATE)
-    x = AF.mu_law_decoding(AF.mu_law_encoding(x.clamp(-1.0, 1.0), _MU_LAW_CHANNELS), _MU_LAW_CHANNELS)
-    return AF.resample(x, _TELEPHONE_RATE, sample_rate)[: wav.shape[-1]]
+    return codec(x, "mu-law", sample_rate)
+
+
+# Resamplers' anti-aliasing filters pass up to 90-99% of the new Nyquist frequency (torchaudio
+# 99%, sox's default 95%): the band limit falls off over the top 5% below the cutoff.
+_BANDLIMIT_TRANSITION = 0.05
+
+
+def bandlimit(wav: torch.Tensor, cutoff_hz: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Keep only frequencies below ``cutoff_hz``, as a recording at 2 x cutoff_hz resampled to 16 kHz.
+
+    A zero-phase low-pass applied with one FFT of the clip: unity gain up to 95% of the cutoff,
+    a raised-cosine fall to zero at the cutoff. Resampling through a rate of 2 x cutoff would do
+    the same, but an arbitrary cutoff makes that rate's ratio to 16 kHz have a denominator in the
+    thousands, and torchaudio's polyphase resampler then costs thousands of operations a sample.
+    """
+    check_mono(wav)
+    if not 0 < cutoff_hz < sample_rate / 2:
+        raise ValueError(f"cutoff_hz must be in (0, {sample_rate / 2:g}) Hz, got {cutoff_hz}")
+    n = wav.shape[-1]
+    edge = cutoff_hz * (1.0 - _BANDLIMIT_TRANSITION)
+    # The filter's impulse response rings for about 1 / (transition width) s on both sides; ten
+    # times that in zero padding keeps the ringing of the clip's end from wrapping onto its start.
+    pad = int(10 * sample_rate / (cutoff_hz - edge))
+    size = _fft_size(n + pad)
+    freqs = torch.fft.rfftfreq(size, 1.0 / sample_rate)
+    t = ((freqs - edge) / (cutoff_hz - edge)).clamp(0.0, 1.0)
+    response = 0.5 * (1.0 + torch.cos(math.pi * t))
+    return torch.fft.irfft(torch.fft.rfft(wav, size) * response, size)[:n]
+
+
+# 32 ms frames resolve the harmonics of voices above ~60 Hz, and a 4x overlap of Hann windows
+# lets a frame-wise gain change smoothly.
+_FORMANT_FFT = 512
+_FORMANT_HOP = 128
+# The spectral envelope is the cepstrum below 2 ms: shorter than the pitch period of voices up
+# to 500 Hz, so harmonics stay out of it, yet it resolves formants about 500 Hz apart.
+_FORMANT_LIFTER_S = 0.002
+# Jaitly & Hinton (2013) warp linearly up to F_hi = 4800 Hz at 16 kHz (0.6 x Nyquist), then
+# map the rest of the band linearly onto what is left, so Nyquist stays at Nyquist.
+_VTLP_F_HI = 0.6
+# Bins more than 80 dB below the clip's loudest carry no envelope worth warping; the floor
+# keeps the log finite in digital silence.
+_FORMANT_FLOOR = 1e-8
+
+
+def vtlp_source_hz(freqs: torch.Tensor, alpha: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """For each output frequency, the input frequency the VTLP warp by ``alpha`` maps onto it.
+
+    The forward warp (Jaitly & Hinton 2013) is f -> alpha f up to the boundary
+    b = F_hi min(alpha, 1) / alpha, then linear from (b, alpha b) to (Nyquist, Nyquist).
+    """
+    nyquist = sample_rate / 2
+    b = _VTLP_F_HI * nyquist * min(alpha, 1.0) / alpha
+    return torch.where(
+        freqs <= alpha * b, freqs / alpha, b + (freqs - alpha * b) * (nyquist - b) / (nyquist - alpha * b)
+    )
+
+
+def formant(wav: torch.Tensor, alpha: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Vocal-tract-length perturbation: formants move by ``alpha``; F0 and the duration stay.
+
+    Per 32 ms frame, the spectral envelope (the low-quefrency cepstrum of the log power, i.e.
+    the vocal tract's filter) is warped along frequency by the VTLP map (``vtlp_source_hz``:
+    formants below ~0.6 x Nyquist scale by exactly ``alpha``), and the frame is multiplied by
+    the ratio of the warped to the original envelope. The harmonics (the source) and the phase
+    are kept, so the fundamental and every harmonic stay at their frequency, while their
+    amplitudes follow the moved formants; the length is exact and the energy of the input is
+    restored. alpha > 1 sounds like a shorter vocal tract (a smaller speaker).
+
+    Why not resampling: resampling by alpha scales F0 and formants together, and neither WSOLA
+    (``time_stretch``, which keeps the local waveform, pitch and formants alike) nor
+    ``pitch_shift`` (resampling again) separates them: speed by alpha and pitch shift back by
+    1/alpha is the identity, not a formant shift. Separating the source from the filter, as the
+    cepstrum does, is what moves formants relative to F0.
+    """
+    check_mono(wav)
+    if not 0.5 <= alpha <= 2.0:
+        raise ValueError(f"formant warps beyond a factor of 2 are not speech augmentation: alpha={alpha}")
+    n = wav.shape[-1]
+    window = torch.hann_window(_FORMANT_FFT)
+    # Zero padding at the ends, not torch's default reflection, which refuses clips under 16 ms.
+    spec = torch.stft(
+        wav, _FORMANT_FFT, _FORMANT_HOP, window=window, pad_mode="constant", return_complex=True
+    ).T
+    power = spec.real.square() + spec.imag.square()
+    log_power = torch.log(power.clamp_min(float(power.max()) * _FORMANT_FLOOR + 1e-20))
+    cepstrum = torch.fft.irfft(log_power, _FORMANT_FFT)
+    lifter = int(_FORMANT_LIFTER_S * sample_rate)
+    cepstrum[:, lifter + 1 : _FORMANT_FFT - lifter] = 0.0
+    envelope = torch.fft.rfft(cepstrum).real
+    bins = envelope.shape[-1]
+    freqs = torch.arange(bins, dtype=torch.float32) * (sample_rate / _FORMANT_FFT)
+    source = (vtlp_source_hz(freqs, alpha, sample_rate) * (_FORMANT_FFT / sample_rate)).clamp(0, bins - 1)
+    lo = source.floor().long().clamp(max=bins - 2)
+    frac = source - lo
+    warped = envelope[:, lo] * (1.0 - frac) + envelope[:, lo + 1] * frac
+    spec = spec * torch.exp(0.5 * (warped - envelope))  # log power -> amplitude
+    out = torch.istft(spec.T, _FORMANT_FFT, _FORMANT_HOP, window=window, length=n)
+    in_energy, out_energy = float(wav.pow(2).sum()), float(out.pow(2).sum())
+    if out_energy > 0.0:
+        out = out * math.sqrt(in_energy / out_energy)
+    return out

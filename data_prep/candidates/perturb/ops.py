@@ -21,7 +21,9 @@ class Param:
 
 
 # Default ranges are those of the issue and common ASR augmentation practice (Ko et al. 2015
-# speed 0.9-1.1; SNR 5-30 dB; RT60 0.2-0.8 s for offices and living rooms).
+# speed 0.9-1.1; SNR 5-30 dB; RT60 0.2-0.8 s for offices and living rooms; Jaitly & Hinton
+# 2013 VTLP alpha 0.9-1.1). Band limits default to the span between narrowband (3.4 kHz
+# telephone) and wideband (7 kHz, G.722) channels.
 OPS: dict[str, dict[str, Param]] = {
     "speed": {"factor": Param([0.85, 1.15], (0.5, 2.0), 3)},
     "tempo": {"factor": Param([0.85, 1.15], (0.5, 2.0), 3)},
@@ -38,6 +40,9 @@ OPS: dict[str, dict[str, Param]] = {
         "dir": Param(""),
     },
     "telephone": {"low_hz": Param(300.0, (50.0, 1000.0), 0), "high_hz": Param(3400.0, (2000.0, 3900.0), 0)},
+    "codec": {"law": Param(list(dsp.G711_LAWS))},
+    "bandlimit": {"cutoff_hz": Param([3000.0, 7000.0], (500.0, 7900.0), 0)},
+    "formant": {"alpha": Param([0.9, 1.1], (0.7, 1.4), 3)},
 }
 
 
@@ -68,6 +73,12 @@ def apply_op(wav: torch.Tensor, op: dict[str, Any], sample_rate: int = SAMPLE_RA
         return dsp.reverberate(wav, rir)
     if name == "telephone":
         return dsp.telephone(wav, op["low_hz"], op["high_hz"], sample_rate)
+    if name == "codec":
+        return dsp.codec(wav, op["law"], sample_rate)
+    if name == "bandlimit":
+        return dsp.bandlimit(wav, op["cutoff_hz"], sample_rate)
+    if name == "formant":
+        return dsp.formant(wav, op["alpha"], sample_rate)
     raise ValueError(f"unknown op {name!r}; known ops: {sorted(OPS)}")
 
 

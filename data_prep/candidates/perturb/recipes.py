@@ -22,7 +22,11 @@ pitch only; ``gain(db)``; ``noise(snr_db, color | dir)`` adds white/pink/brown n
 excerpt of a file from ``dir`` (a folder of audio files or a saved ``datasets`` folder with an
 ``audio`` column); ``reverb(rt60, drr_db | dir)`` convolves with a synthetic exponential-decay
 room response or a random RIR file from ``dir``; ``telephone(low_hz, high_hz)`` band-passes,
-goes through 8 kHz and 8-bit mu-law and back.
+goes through 8 kHz and 8-bit mu-law and back; ``codec(law)`` is that codec without the
+band-pass, with ``law`` ``mu-law`` or ``a-law`` (G.711); ``bandlimit(cutoff_hz)`` removes what is
+above ``cutoff_hz`` (a narrowband or wideband recording, a resampling chain);
+``formant(alpha)`` is vocal-tract-length perturbation: formants scale by ``alpha`` (> 1: a
+shorter vocal tract) while pitch and duration stay.
 
 ``perturb(wav, recipe, seed)`` draws concrete parameters with its own ``numpy`` generator and
 returns the audio and a record ``{"seed", "ops": [{"op": ..., <exact parameters>}], "peak_scale"}``;
@@ -92,6 +96,22 @@ BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
             {"op": "noise", "p": 0.5, "snr_db": [15.0, 40.0], "color": ["white", "pink"]},
             {"op": "telephone", "p": 1.0, "low_hz": [250.0, 400.0], "high_hz": [3100.0, 3600.0]},
             {"op": "gain", "p": 0.5, "db": [-6.0, 3.0]},
+        ],
+    },
+    # Gives clean TTS renderings a target's acoustics: another voice (formants, pitch, rate),
+    # then its room, noise and channel, in the order they act on a real recording.
+    "channel": {
+        "min_ops": 1,
+        "ops": [
+            {"op": "formant", "p": 0.4, "alpha": [0.9, 1.1]},
+            {"op": "pitch", "p": 0.3, "semitones": [-2.0, 2.0]},
+            {"op": "tempo", "p": 0.3, "factor": [0.9, 1.1]},
+            {"op": "reverb", "p": 0.25, "rt60": [0.2, 0.5], "drr_db": [6.0, 15.0]},
+            {"op": "noise", "p": 0.4, "snr_db": [10.0, 30.0], "color": ["white", "pink", "brown"]},
+            {"op": "bandlimit", "p": 0.3, "cutoff_hz": [3400.0, 7000.0]},
+            {"op": "codec", "p": 0.15, "law": ["mu-law", "a-law"]},
+            {"op": "telephone", "p": 0.15, "low_hz": [250.0, 400.0], "high_hz": [3100.0, 3600.0]},
+            {"op": "gain", "p": 0.3, "db": [-6.0, 3.0]},
         ],
     },
 }
