@@ -35,7 +35,7 @@ from core.locks import stage_lock
 from core.paths import ExperimentPaths
 from core.seeding import stream_rng
 from data_prep.leakage import LeakageGuard, normalize_text
-from data_prep.sources import RawUtterance, SourceError, read_source
+from data_prep.sources import RawUtterance, SourceError, read_source, role_origins
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,8 @@ def take_groups(
     rows: list[dict], split_by: str, n: int, rng: np.random.Generator
 ) -> tuple[list[dict], list[dict]]:
     """Whole groups, in a seeded order, until at least ``n`` utterances are taken (all when fewer
-    remain); returns (taken, rest). Used to carve target_dev out of the held-out side."""
+    remain); returns (taken, rest). Used to carve target_dev out of the held-out side (out of
+    target_train when the data names its own test split)."""
     if n <= 0:
         return [], rows
     key = group_key(split_by)
@@ -264,6 +265,70 @@ def unused_texts(left_out: list[dict], guard: LeakageGuard) -> tuple[list[str], 
     return texts, counts
 
 
+def capped(rows: list[dict], which: str, args, seed, dropped: Counter, left_out: list[dict]) -> list[dict]:
+    """``cap`` with max_<which>_utterances: the rows left out are counted in ``dropped`` and
+    collected in ``left_out`` (their transcripts can become text only, prepare.unused_texts)."""
+    kept, left = cap(
+        rows, getattr(args, f"max_{which}_utterances"), stream_rng(seed, "prepare", "cap", which)
+    )
+    dropped[f"over_max_{which}_utterances"] = len(left)
+    left_out += left
+    return kept
+
+
+def random_splits(
+    target, source, args, seed, dropped: Counter, left_out: list[dict]
+) -> dict[str, list[dict]]:
+    """target_test (and target_dev) held out of the target by seeded whole groups."""
+    train, test = split_target(
+        target, args.split_by, args.test_fraction, stream_rng(seed, "prepare", "split")
+    )
+    dev, test = take_groups(test, args.split_by, args.dev_utterances, stream_rng(seed, "prepare", "dev"))
+    if args.dev_utterances and not test:
+        raise ValueError(
+            f"prepare: dev_utterances {args.dev_utterances} took every held-out utterance ({len(dev)}); "
+            "lower dev_utterances or raise test_fraction"
+        )
+    train = capped(train, "train", args, seed, dropped, left_out)
+    test = capped(test, "test", args, seed, dropped, left_out)
+    return {"target_train": train, "target_dev": dev, "target_test": test, "source": source}
+
+
+def data_splits(
+    rows, role_of: dict[str, str], is_target, args, seed, dropped: Counter, left_out: list[dict]
+) -> dict[str, list[dict]]:
+    """The splits the data names (split_column, role_sources), not re-split: the target of each role
+    kept, the rest of target_train to `source` and the rest of dev/test dropped (its speakers or
+    texts must not reach training through `source`)."""
+    by_role: dict[str, list[dict]] = {}
+    for r in rows:
+        by_role.setdefault(role_of[r["id"]], []).append(r)
+    train = [r for r in by_role.get("target_train", []) if is_target(r)]
+    source = by_role.get("source", []) + [r for r in by_role.get("target_train", []) if not is_target(r)]
+    held = {
+        role: [r for r in by_role.get(role, []) if is_target(r)] for role in ("target_dev", "target_test")
+    }
+    dropped["non_target_held_out"] = sum(len(by_role.get(k, [])) - len(v) for k, v in held.items())
+    dev, test = held["target_dev"], held["target_test"]
+    if args.dev_utterances and "target_dev" not in by_role:
+        # out of train, not test: the official test split stays as published
+        dev, train = take_groups(
+            train, args.split_by, args.dev_utterances, stream_rng(seed, "prepare", "dev")
+        )
+    elif args.dev_utterances:
+        log.warning("prepare: dev_utterances ignored: the data names its own target_dev")
+    test = capped(test, "test", args, seed, dropped, left_out)
+    # Speaker-disjoint official splits still share short texts ("yes", "thank you"): a training row
+    # saying a dev/test text would make those items easy, so it goes, counted.
+    protected = {normalize_text(r["text"]) for r in dev + test} if args.protect_test_texts else set()
+    kept = {}
+    for name, part in (("train", train), ("source", source)):
+        kept[name] = [r for r in part if normalize_text(r["text"]) not in protected]
+        dropped["refused_protected_text"] += len(part) - len(kept[name])
+    train = capped(kept["train"], "train", args, seed, dropped, left_out)
+    return {"target_train": train, "target_dev": dev, "target_test": test, "source": kept["source"]}
+
+
 @stage_lock("prepare", lambda run, args: ExperimentPaths.of(run.output_dir).data)
 def prepare(run, args) -> dict:
     """Run the stage; returns the report it writes."""
@@ -273,10 +338,17 @@ def prepare(run, args) -> dict:
     dropped: Counter = Counter()
     examples: dict[str, list[str]] = {}
     seen: set[str] = set()
+    role_of: dict[str, str] = {}
+    listed, role_listed = 0, Counter()
     listing = read_source(args)
-    for i, raw in enumerate(tqdm(listing, desc=f"prepare {args.source}", unit="utt")):
-        if args.limit and i >= args.limit:
+    for raw in tqdm(listing, desc=f"prepare {args.source}", unit="utt"):
+        if args.limit and listed >= args.limit:
             break
+        listed += 1
+        role_listed[raw.role] += 1
+        if raw.role == "skip":  # left out by split_map: not worth decoding
+            dropped["split_not_used"] += 1
+            continue
         try:
             if raw.id in seen:
                 raise BadInput("duplicate_id", raw.origin_file or raw.id, f"id {raw.id!r}")
@@ -289,6 +361,7 @@ def prepare(run, args) -> dict:
             log.warning("skipped %s", e)
             continue
         seen.add(raw.id)
+        role_of[raw.id] = raw.role
         rows.append(row)
     if not rows:
         first = next(iter(examples.values()), [""])[0]
@@ -310,36 +383,31 @@ def prepare(run, args) -> dict:
             return True
         return r["speaker"] in wanted["speaker"] or r["accent"] in wanted["accent"]
 
-    target = [r for r in rows if is_target(r)]
-    source = [r for r in rows if not is_target(r)]
-    train, test = split_target(
-        target, args.split_by, args.test_fraction, stream_rng(run.seed, "prepare", "split")
-    )
-    dev, test = take_groups(test, args.split_by, args.dev_utterances, stream_rng(run.seed, "prepare", "dev"))
-    if args.dev_utterances and not test:
-        raise ValueError(
-            f"prepare: dev_utterances {args.dev_utterances} took every held-out utterance ({len(dev)}); "
-            "lower dev_utterances or raise test_fraction"
+    origins = role_origins(args)
+    left_out: list[dict] = []  # rows the caps left out
+    if origins:
+        named = data_splits(rows, role_of, is_target, args, run.seed, dropped, left_out)
+        log.info("prepare: splits from the data (%s); test_fraction is ignored", origins)
+    else:
+        named = random_splits(
+            [r for r in rows if is_target(r)],
+            [r for r in rows if not is_target(r)],
+            args,
+            run.seed,
+            dropped,
+            left_out,
         )
-    train, left_train = cap(train, args.max_train_utterances, stream_rng(run.seed, "prepare", "cap", "train"))
-    test, left_test = cap(test, args.max_test_utterances, stream_rng(run.seed, "prepare", "cap", "test"))
-    over_train, over_test = len(left_train), len(left_test)
-    if over_train:
-        dropped["over_max_train_utterances"] += over_train
-    if over_test:
-        dropped["over_max_test_utterances"] += over_test
-    if source and not args.keep_source:
-        dropped["non_target"] += len(source)
-        source = []
+    if named["source"] and not args.keep_source:
+        dropped["non_target"] += len(named["source"])
+        named["source"] = []
+    dropped = +dropped  # the reasons that removed nothing go
 
     # An empty split is left out (datasets cannot reload a saved empty split); the report names it.
-    named = (("target_train", train), ("target_dev", dev), ("target_test", test), ("source", source))
-    splits = {k: v for k, v in named if v}
-    empty = [k for k, v in (("target_train", train), ("target_test", test)) if not v]
+    splits = {k: v for k, v in named.items() if v}
+    empty = [k for k in ("target_train", "target_test") if not named[k]]
     if empty:
-        log.warning(
-            "prepare: split(s) %s are empty (test_fraction %s) and are not written", empty, args.test_fraction
-        )
+        why = f"roles {origins}" if origins else f"test_fraction {args.test_fraction}"
+        log.warning("prepare: split(s) %s are empty (%s) and are not written", empty, why)
     features = schema.features()
     dd = DatasetDict(
         {
@@ -349,18 +417,16 @@ def prepare(run, args) -> dict:
     )
 
     # dev texts are protected too: a synthesized dev sentence would flatter checkpoint selection
-    guard = LeakageGuard([r["text"] for r in dev + test] if args.protect_test_texts else [])
+    held_out = named["target_dev"] + named["target_test"]
+    guard = LeakageGuard([r["text"] for r in held_out] if args.protect_test_texts else [])
     if not args.protect_test_texts:
         log.warning("prepare: protect_test_texts is off: later stages may synthesize target_test texts")
-    text_only, text_only_counts = (
-        unused_texts(left_train + left_test, guard) if args.unused_texts else ([], None)
-    )
+    text_only, text_only_counts = unused_texts(left_out, guard) if args.unused_texts else ([], None)
     report = {
         "stage": "prepare",
         "source": args.source,
         "path": args.path,
-        "listed": len(rows)
-        + sum(v for k, v in dropped.items() if not k.startswith("over_") and k != "non_target"),
+        "listed": listed,
         "kept": {k: len(v) for k, v in splits.items()},
         "hours": {k: round(sum(r["duration"] for r in v) / 3600, 4) for k, v in splits.items()},
         "speakers": {k: sorted({r["speaker"] for r in v}) for k, v in splits.items()},
@@ -368,6 +434,11 @@ def prepare(run, args) -> dict:
         "dropped_examples": {k: v[:5] for k, v in examples.items()},
         "empty_splits": empty,
         "split_by": args.split_by,
+        # where each role came from, and how many rows it listed (before checks and target selection)
+        "splits_from_data": {
+            role: {"from": where, "listed": role_listed[role]} for role, where in origins.items()
+        },
+        "test_fraction": "ignored: the splits come from the data" if origins else args.test_fraction,
         "protected_texts": len(guard),
         "unused_texts": text_only_counts,
         "seconds": round(time.time() - t0, 2),

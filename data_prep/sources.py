@@ -22,6 +22,8 @@ from pathlib import Path
 
 from datasets import Audio, load_dataset
 
+from data_prep.prepare_args import LOCAL_SOURCES, ROLES, parse_role_sources, parse_split_map
+
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 ASTERISK_APT = "apt-get install -y asterisk-core-sounds-en-wav asterisk-core-sounds-en"
@@ -40,6 +42,7 @@ class RawUtterance:
     origin_file: str = ""  # where a problem should be reported (the audio file or manifest row)
     skip_reason: str = ""  # set by a reader that knows this entry is not usable (a tone, a refused path)
     skip_detail: str = ""  # what exactly, for the message
+    role: str = ""  # target_train, target_dev, ... when the data says (split_column, role_sources)
 
 
 class SourceError(ValueError):
@@ -143,6 +146,7 @@ _COLUMN_ROLE = {
     "speaker": "speaker id",
     "accent": "accent label",
     "id": "utterance id",
+    "split": "split name",
 }
 
 
@@ -155,6 +159,8 @@ class TableOptions:
     allow_outside_paths: bool = False  # accept absolute paths and `..` (default: confined to the folder)
     required: tuple[str, ...] = ("audio", "text")  # logical columns the header must have
     targets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # speaker/accent values asked for
+    split_map: dict[str, str] = field(default_factory=dict)  # value of the split column -> role
+    role: str = ""  # the role of every row (role_sources); file-name ids get it as a prefix
 
 
 def check_encoding(encoding: str, key: str = "prepare.encoding") -> str:
@@ -271,6 +277,25 @@ def _check_targets(where: str, records: list[RawUtterance], targets: dict[str, t
             )
 
 
+def _split_value(row: dict, opts: TableOptions) -> str:
+    return str(row.get(opts.columns["split"]) or "")
+
+
+def _role(row: dict, opts: TableOptions) -> str:
+    return opts.split_map[_split_value(row, opts)] if "split" in opts.columns else opts.role
+
+
+def _check_split_values(where: str, opts: TableOptions, values) -> None:
+    """Every value of the split column has a role, or the run stops before any audio is decoded."""
+    unknown = sorted(set(values) - set(opts.split_map))
+    if unknown:
+        raise SourceError(
+            f"{where}: split column {opts.columns['split']!r} holds value(s) {unknown} that prepare.split_map "
+            f"does not map (it maps {sorted(opts.split_map)}); add a VALUE=ROLE item for each, ROLE one of "
+            f"{', '.join(ROLES)} (skip leaves those rows out)"
+        )
+
+
 def confine(rel: str, base: Path, allow_outside: bool) -> tuple[Path, str]:
     """(the audio path, why it is refused or ""): a manifest may name files inside its folder only.
 
@@ -306,6 +331,8 @@ def _records_from_table(
     """
     columns = opts.columns
     _check_header(where, header, opts, fixed or {})
+    if "split" in columns:
+        _check_split_values(where, opts, [_split_value(row, opts) for _, row in rows])
     records = []
     for line, row in rows:
         cell = row.get(columns["audio"])
@@ -317,6 +344,7 @@ def _records_from_table(
             audio_path, detail = confine(rel, base, opts.allow_outside_paths)
             skip = "path_outside_folder" if detail else ""
         stem = os.path.splitext(Path(rel).as_posix())[0].replace("/", "-") if not skip else ""
+        stem = f"{opts.role}-{stem}" if stem and opts.role else stem
         uid = str(row.get(columns["id"]) or "") or stem or f"{Path(where).name}-line{line}"
         records.append(
             RawUtterance(
@@ -328,6 +356,7 @@ def _records_from_table(
                 origin_file=f"{rel if skip else audio_path} ({where}, line {line})",
                 skip_reason=skip,
                 skip_detail=detail,
+                role=_role(row, opts),
             )
         )
     _check_targets(where, records, opts.targets)
@@ -377,7 +406,10 @@ def read_hub(name: str, config: str, split: str, opts: TableOptions) -> Iterator
     """
     columns = opts.columns
     ds = load_dataset(name, config or None, split=split)
-    _check_header(f"Hub dataset {name} [{split}]", ds.column_names, opts, {})
+    where = f"Hub dataset {name} [{split}]"
+    _check_header(where, ds.column_names, opts, {})
+    if "split" in columns:
+        _check_split_values(where, opts, [str(v or "") for v in ds.unique(columns["split"])])
     ds = ds.cast_column(columns["audio"], Audio(decode=False))
     for i, row in enumerate(ds):
         audio = row[columns["audio"]] or {}
@@ -392,6 +424,7 @@ def read_hub(name: str, config: str, split: str, opts: TableOptions) -> Iterator
             origin_file=f"{name}[{split}] row {i} ({audio.get('path') or 'bytes'})",
             skip_reason="" if audio.get("bytes") or audio.get("path") else "invalid_path",
             skip_detail="" if audio.get("bytes") or audio.get("path") else "the audio cell is empty",
+            role=_role(row, opts),
         )
 
 
@@ -406,6 +439,7 @@ def table_options(args) -> TableOptions:
         for role, values in (("speaker", args.target_speakers), ("accent", args.target_accents))
         if values
     }
+    split = {"split": args.split_column} if args.split_column else {}
     return TableOptions(
         columns={
             "audio": args.audio_column,
@@ -413,12 +447,43 @@ def table_options(args) -> TableOptions:
             "speaker": args.speaker_column,
             "accent": args.accent_column,
             "id": args.id_column,
+            **split,
         },
         encoding=args.encoding,
         allow_outside_paths=args.allow_outside_paths,
-        required=("audio", "text", *targets),
+        required=("audio", "text", *targets, *split),
         targets=targets,
+        split_map=parse_split_map(args.split_map),
     )
+
+
+def role_origins(args) -> dict[str, list[str]]:
+    """Where each role's rows come from, for the report: {} when prepare splits the data itself."""
+    if args.split_column:
+        out: dict[str, list[str]] = {}
+        for value, role in parse_split_map(args.split_map).items():
+            out.setdefault(role, []).append(f"{args.split_column}={value}")
+        return out
+    where = (lambda w: f"{args.path} [{w}]") if args.source == "hub" else str
+    return {role: [where(w)] for role, w in parse_role_sources(args.role_sources).items()}
+
+
+def _read_local(source: str, path: str, opts: TableOptions) -> Iterator[RawUtterance]:
+    return read_audiofolder(path, opts) if source == "audiofolder" else read_manifest(path, opts)
+
+
+def _read_roles(args, opts: TableOptions) -> Iterator[RawUtterance]:
+    """Each role from its own Hub split, manifest or folder. Target speakers/accents are looked for
+    in all of them together: a source-only manifest need not hold the target."""
+    roles = parse_role_sources(args.role_sources)
+    each = {role: dataclasses.replace(opts, role=role, targets={}) for role in roles}
+    if args.source == "hub":
+        for role, split in roles.items():
+            yield from read_hub(args.path, args.hub_config, split, each[role])
+        return
+    records = [r for role, path in roles.items() for r in _read_local(args.source, path, each[role])]
+    _check_targets(" + ".join(roles.values()), records, opts.targets)
+    yield from records
 
 
 def read_source(args) -> Iterator[RawUtterance]:
@@ -427,14 +492,14 @@ def read_source(args) -> Iterator[RawUtterance]:
         return read_asterisk(args.path)
     if args.source == "fsdd":
         return read_fsdd(args.path)
-    if not args.path:
+    if not args.path and not args.role_sources:
         raise SourceError(f"source={args.source} needs `path`")
     opts = table_options(args)
     check_encoding(opts.encoding)  # a typo in the encoding fails here, whatever the source
-    if args.source == "audiofolder":
-        return read_audiofolder(args.path, opts)
-    if args.source in ("csv", "jsonl"):
-        return read_manifest(args.path, opts)
+    if args.role_sources:
+        return _read_roles(args, opts)
+    if args.source in LOCAL_SOURCES:
+        return _read_local(args.source, args.path, opts)
     if args.source == "hub":
         return read_hub(args.path, args.hub_config, args.hub_split, opts)
     raise SourceError(f"unknown source {args.source!r}")

@@ -382,3 +382,117 @@ def test_target_accents(tmp_path):
     assert rep["speakers"]["target_train"] == ["alice"] and rep["speakers"]["source"] == ["bob"]
     with pytest.raises(ValueError, match="Klingon"):
         run_prepare(tmp_path, "--source", "fsdd", "--path", str(root), "--target_accents", "Klingon")
+
+
+# --- splits named by the data ----------------------------------------------------------------------
+def split_manifest(d, rows):
+    """A CSV manifest with a `split` column; rows are (split, text, speaker, accent)."""
+    lines = []
+    for i, (split, text, speaker, accent) in enumerate(rows):
+        write_wav(d / f"c{i}.wav", tone(0.3, 16_000, seed=i))
+        lines.append(f"c{i}.wav,{split},{text},{speaker},{accent}\n")
+    (d / "m.csv").write_text("audio,split,text,speaker,accent\n" + "".join(lines))
+    return d / "m.csv"
+
+
+def test_split_column_gives_the_roles_without_a_resplit(tmp_path):
+    m = split_manifest(
+        tmp_path / "src",
+        [
+            ("train", "turn left", "a", "in"),
+            ("train", "turn right", "b", "in"),
+            ("train", "go home", "c", "scot"),  # not the target: to source
+            ("train", "yes please", "a", "in"),  # a test text: refused
+            ("dev", "stop now", "d", "in"),
+            ("test", "yes please", "e", "in"),
+            ("test", "open it", "f", "scot"),  # not the target, held out: dropped, never source
+            ("extra", "anything", "g", "in"),
+        ],
+    )
+    _, _, rep = run_prepare(
+        tmp_path,
+        "--source",
+        "csv",
+        "--path",
+        str(m),
+        "--target_accents",
+        "in",
+        "--split_column",
+        "split",
+        "--split_map",
+        "train=target_train",
+        "dev=target_dev",
+        "test=target_test",
+        "extra=skip",
+        "--test_fraction",
+        "0.9",
+    )
+    assert rep["kept"] == {"target_train": 2, "target_dev": 1, "target_test": 1, "source": 1}
+    assert rep["dropped"] == {"refused_protected_text": 1, "non_target_held_out": 1, "split_not_used": 1}
+    assert rep["listed"] == 8 and rep["test_fraction"] == "ignored: the splits come from the data"
+    assert rep["splits_from_data"]["target_train"] == {"from": ["split=train"], "listed": 4}
+    out = tmp_path / "exp" / "data"
+    assert sorted(schema.load_split(out, "target_train")["text"]) == ["turn left", "turn right"]
+    assert schema.load_split(out, "source")["text"] == ["go home"]
+    guard = LeakageGuard.from_dataset_dir(out)
+    assert guard.is_protected("Yes, please!") and guard.is_protected("stop now")
+
+
+def test_role_sources_read_one_manifest_per_role_and_carve_dev_from_train(tmp_path):
+    train = split_manifest(
+        tmp_path / "train",
+        [("", f"sentence {i}", f"s{i % 3}", "") for i in range(6)] + [("", "the test line", "s0", "")],
+    )
+    test = split_manifest(tmp_path / "test", [("", "the test line", "t", ""), ("", "another", "t", "")])
+    _, _, rep = run_prepare(
+        tmp_path,
+        "--source",
+        "csv",
+        "--role_sources",
+        f"target_train={train}",
+        f"target_test={test}",
+        "--split_by",
+        "speaker",
+        "--dev_utterances",
+        "1",
+        "--max_train_utterances",
+        "3",
+    )
+    # 7 train rows - 1 protected text = 6; one speaker (2 rows) to dev; the cap keeps 3 of 4
+    assert rep["kept"] == {"target_train": 3, "target_dev": 2, "target_test": 2}
+    assert rep["dropped"] == {"refused_protected_text": 1, "over_max_train_utterances": 1}
+    assert rep["splits_from_data"] == {
+        "target_train": {"from": [str(train)], "listed": 7},
+        "target_test": {"from": [str(test)], "listed": 2},
+    }
+    out = tmp_path / "exp" / "data"
+    # both folders hold c0.wav: ids from file names carry the role
+    assert set(schema.load_split(out, "target_test")["id"]) == {"target_test-c0", "target_test-c1"}
+    assert len(set(schema.load_split(out, "target_dev")["speaker"])) == 1
+
+
+def test_role_sources_from_a_local_parquet_dataset_with_two_splits(tmp_path):
+    """source hub with a local folder: `datasets` reads `<split>-*.parquet` as splits, as on the Hub."""
+    from datasets import Audio, Dataset
+
+    d = tmp_path / "ds" / "data"
+    d.mkdir(parents=True)
+    for split, texts in (("validation", ["one two", "three four"]), ("test", ["five six"])):
+        audio = [
+            {"path": f"{split}{i}.wav", "array": tone(0.4, seed=i), "sampling_rate": 16_000}
+            for i in range(len(texts))
+        ]
+        ds = Dataset.from_dict({"audio": audio, "text": texts, "speaker": ["p"] * len(texts)})
+        ds.cast_column("audio", Audio()).to_parquet(str(d / f"{split}-00000-of-00001.parquet"))
+    _, _, rep = run_prepare(
+        tmp_path,
+        "--source",
+        "hub",
+        "--path",
+        str(tmp_path / "ds"),
+        "--role_sources",
+        "target_train=validation",
+        "target_test=test",
+    )
+    assert rep["kept"] == {"target_train": 2, "target_test": 1}
+    assert rep["splits_from_data"]["target_test"]["from"] == [f"{tmp_path / 'ds'} [test]"]

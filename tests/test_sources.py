@@ -323,3 +323,68 @@ def test_corpus_encoding(tmp_path):
     with pytest.raises(SourceError, match=r"corpus.txt, line 2: .*generate.text_corpus_encoding"):
         read_corpus(str(corpus))
     assert read_corpus(str(corpus), "latin-1") == ["bonjour", "un café"]
+
+
+# --- splits named by the data: bad settings stop before any audio is decoded -----------------------
+def test_a_split_value_the_map_lacks_is_named_with_the_fix(tmp_path, no_decoding):
+    d = tmp_path / "src"
+    write_wav(d / "a.wav", tone(0.3))
+    (d / "m.csv").write_text("audio,text,split\na.wav,hello,train\na.wav,hi,validation\n")
+    with pytest.raises(SourceError, match=r"\['validation'\] that prepare.split_map does not map") as e:
+        run_prepare(
+            tmp_path,
+            "--source",
+            "csv",
+            "--path",
+            str(d / "m.csv"),
+            "--split_column",
+            "split",
+            "--split_map",
+            "train=target_train",
+        )
+    assert "add a VALUE=ROLE item" in str(e.value) and "skip" in str(e.value)
+    with pytest.raises(SourceError, match="no split name column 'part'.*set `prepare.split_column`"):
+        run_prepare(
+            tmp_path,
+            "--source",
+            "csv",
+            "--path",
+            str(d / "m.csv"),
+            "--split_column",
+            "part",
+            "--split_map",
+            "train=target_train",
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            ["--role_sources", "target_train=a.csv", "target_train=b.csv"],
+            "role 'target_train' is named twice",
+        ),
+        (["--role_sources", "train=a.csv"], "role 'train' is not one of: target_train"),
+        (["--split_column", "split", "--split_map", "train=target_train", "train=source"], "named twice"),
+        (["--split_column", "split", "--split_map", "train"], "is not `VALUE=ROLE`"),
+        (["--split_column", "split"], "needs split_map"),
+        (["--split_map", "train=target_train"], "set split_column"),
+        (["--path", "m.csv", "--role_sources", "target_test=t.csv"], "leave path empty"),
+    ],
+)
+def test_bad_split_settings_name_the_fix(tmp_path, no_decoding, overrides, expected):
+    with pytest.raises(Exception, match=re.escape(expected)) as e:
+        parse_args("prepare", ["--output_dir", str(tmp_path / "exp"), "--source", "csv", *overrides])
+    assert "command line" in str(e.value) or "prepare:" in str(e.value)
+    assert not written(tmp_path / "exp")
+
+
+def test_bad_split_settings_in_a_yaml_file_are_listed(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "prepare:\n  source: hub\n  path: x\n  role_sources: [target_test=test, target_test=validation]\n"
+    )
+    with pytest.raises(
+        Exception, match=r"bad.yaml: prepare.role_sources: .* role 'target_test' is named twice"
+    ):
+        parse_args("prepare", ["--config", str(bad), "--output_dir", str(tmp_path / "exp")])

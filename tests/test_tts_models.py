@@ -46,13 +46,16 @@ def _tokenizer(folder, add_blank: bool):
     ).save_pretrained(folder)
 
 
-def tiny_vits(folder, num_speakers: int = 1):
+def tiny_vits(folder, num_speakers: int = 1, upsample_rates: tuple[int, ...] = (4, 4)):
+    """``upsample_rates`` (8, 8, 4), MMS-TTS's 256-sample hop, makes the random duration predictor's
+    frame or so per character last long enough for generate's too_short_for_text check."""
     folder.mkdir()
     _tokenizer(folder, add_blank=True)
     torch.manual_seed(0)
     config = VitsConfig(
         vocab_size=len(CHARS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=16, flow_size=16,
-        spectrogram_bins=17, upsample_initial_channel=16, upsample_rates=[4, 4], upsample_kernel_sizes=[8, 8],
+        spectrogram_bins=17, upsample_initial_channel=16, upsample_rates=list(upsample_rates),
+        upsample_kernel_sizes=[2 * r for r in upsample_rates],
         resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]], duration_predictor_filter_channels=16,
         prior_encoder_num_flows=1, prior_encoder_num_wavenet_layers=1, posterior_encoder_num_wavenet_layers=1,
         depth_separable_num_layers=1, duration_predictor_num_flows=1, sampling_rate=16_000,
