@@ -53,11 +53,12 @@ FIXES = {
     "too_long": "split it into shorter utterances or raise `max_duration`",
     "duplicate_id": "ids must be unique; rename one of the rows",
     "no_speech": "the prompt is a tone or silence with no words (expected for some corpora)",
+    "no_transcript": "the corpus lists the prompt without its words; it cannot be scored (expected for some corpora)",
 }
 
 
 # Skips a source announces itself (not a defect of the user's data): never an error.
-EXPECTED_SKIPS = {"no_speech"}
+EXPECTED_SKIPS = {"no_speech", "no_transcript"}
 
 
 class BadInput(ValueError):
@@ -251,6 +252,7 @@ def prepare(run, args) -> dict:
     out_dir = ExperimentPaths.of(run.output_dir).data
     rows: list[dict] = []
     dropped: Counter = Counter()
+    edited: Counter = Counter()  # kept utterances whose transcript the reader changed, by what
     examples: dict[str, list[str]] = {}
     seen: set[str] = set()
     listing = read_source(args)
@@ -270,6 +272,8 @@ def prepare(run, args) -> dict:
             continue
         seen.add(raw.id)
         rows.append(row)
+        if raw.text_edit:
+            edited[raw.text_edit] += 1
     if not rows:
         first = next(iter(examples.values()), [""])[0]
         raise SourceError(
@@ -335,6 +339,7 @@ def prepare(run, args) -> dict:
         "stage": "prepare",
         "source": args.source,
         "path": args.path,
+        "language": args.language,
         "listed": len(rows)
         + sum(v for k, v in dropped.items() if not k.startswith("over_") and k != "non_target"),
         "kept": {k: len(v) for k, v in splits.items()},
@@ -342,6 +347,7 @@ def prepare(run, args) -> dict:
         "speakers": {k: sorted({r["speaker"] for r in v}) for k, v in splits.items()},
         "dropped": dict(dropped),
         "dropped_examples": {k: v[:5] for k, v in examples.items()},
+        "transcripts_edited": dict(edited),
         "empty_splits": empty,
         "split_by": args.split_by,
         "protected_texts": len(guard),

@@ -193,7 +193,7 @@ def generate(run, args, gate_args) -> dict[str, Any] | None:
         else {j.id for j in jobs if j.kind == "perturb" and j.split == "target_train"}
     )
     recipe = load_recipe(args.perturb_recipe)
-    gate = Gate(gate_args, out_dir / "gate") if gate_args.gate else None
+    gate = Gate(gate_args, out_dir / "gate", args.language) if gate_args.gate else None
     inputs = {split: schema.load_split(data_dir, split)._fingerprint for split in plan["perturb"]}
 
     # 2. Shards: job i goes to shard i % n, so every shard mixes engines and real speech.
@@ -230,6 +230,7 @@ def generate(run, args, gate_args) -> dict[str, Any] | None:
             max_duration=args.max_duration,
             engine_timeout=args.engine_timeout,
             hf_model=args.hf_model,
+            language=args.language,
         )
         for i in todo
     ]

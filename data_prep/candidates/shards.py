@@ -55,6 +55,7 @@ class ShardTask:
     max_duration: float
     engine_timeout: float
     hf_model: str = ""
+    language: str = "en"
     progress: bool = True
 
 
@@ -169,7 +170,9 @@ class _ShardWorker:
         return wav, generator, meta
 
     def _synthetic(self, job: Job) -> tuple[torch.Tensor, dict, dict] | None:
-        engine = tts.cached_engine(job.engine, self.task.engine_timeout, self.task.hf_model)
+        engine = tts.cached_engine(
+            job.engine, self.task.engine_timeout, self.task.hf_model, self.task.language
+        )
         engine_seed = derive_seed(job.seed, "tts")
         t0 = time.perf_counter()
         try:
