@@ -53,11 +53,12 @@ FIXES = {
     "too_long": "split it into shorter utterances or raise `max_duration`",
     "duplicate_id": "ids must be unique; rename one of the rows",
     "no_speech": "the prompt is a tone or silence with no words (expected for some corpora)",
+    "no_transcript": "the corpus lists the prompt without its words; it cannot be scored (expected for some corpora)",
 }
 
 
 # Skips a source announces itself (not a defect of the user's data): never an error.
-EXPECTED_SKIPS = {"no_speech"}
+EXPECTED_SKIPS = {"no_speech", "no_transcript"}
 
 
 class BadInput(ValueError):
@@ -336,6 +337,7 @@ def prepare(run, args) -> dict:
     out_dir = ExperimentPaths.of(run.output_dir).data
     rows: list[dict] = []
     dropped: Counter = Counter()
+    edited: Counter = Counter()  # kept utterances whose transcript the reader changed, by what
     examples: dict[str, list[str]] = {}
     seen: set[str] = set()
     role_of: dict[str, str] = {}
@@ -363,6 +365,8 @@ def prepare(run, args) -> dict:
         seen.add(raw.id)
         role_of[raw.id] = raw.role
         rows.append(row)
+        if raw.text_edit:
+            edited[raw.text_edit] += 1
     if not rows:
         first = next(iter(examples.values()), [""])[0]
         raise SourceError(
@@ -426,12 +430,14 @@ def prepare(run, args) -> dict:
         "stage": "prepare",
         "source": args.source,
         "path": args.path,
+        "language": args.language,
         "listed": listed,
         "kept": {k: len(v) for k, v in splits.items()},
         "hours": {k: round(sum(r["duration"] for r in v) / 3600, 4) for k, v in splits.items()},
         "speakers": {k: sorted({r["speaker"] for r in v}) for k, v in splits.items()},
         "dropped": dict(dropped),
         "dropped_examples": {k: v[:5] for k, v in examples.items()},
+        "transcripts_edited": dict(edited),
         "empty_splits": empty,
         "split_by": args.split_by,
         # where each role came from, and how many rows it listed (before checks and target selection)

@@ -60,6 +60,12 @@ class PrepareArgs:
         "Folder (audiofolder, fsdd), manifest file (csv, jsonl) or Hub dataset id (hub). "
         "Empty for asterisk (the Debian package's folder).",
     )
+    language: str = arg(
+        "en",
+        "Language of the target speech, as a code (en, es). source=asterisk: which package's prompts are read "
+        "(en: asterisk-core-sounds-en-wav, es: asterisk-core-sounds-es-wav). Recorded in report.json; the "
+        "later stages take theirs in generate.language, train.language and evaluate.language.",
+    )
     hub_config: str = arg("", "Hub dataset configuration name (source=hub).")
     hub_split: str = arg("train", "Hub dataset split to read (source=hub).")
     audio_column: str = arg(

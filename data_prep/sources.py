@@ -24,9 +24,46 @@ from datasets import Audio, load_dataset
 
 from data_prep.prepare_args import LOCAL_SOURCES, ROLES, parse_role_sources, parse_split_map
 
-ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
-ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
-ASTERISK_APT = "apt-get install -y asterisk-core-sounds-en-wav asterisk-core-sounds-en"
+@dataclass(frozen=True)
+class AsteriskPrompts:
+    """One language's Debian package of the Asterisk prompts: the same studio voice (Allison)."""
+
+    sounds: Path
+    transcripts: Path  # the package's doc file, `name: text` a line
+    encoding: str  # of the doc file: checked, both are UTF-8 (the es one has á é í ó ú)
+    accent: str
+    keypad: dict[str, str]  # how a bare `*` / `#` in a transcript is read aloud
+    id_prefix: str
+
+    @property
+    def apt(self) -> str:
+        pkg = self.transcripts.parent.name
+        return f"apt-get install -y {pkg}-wav {pkg}"
+
+
+ASTERISK = {
+    "en": AsteriskPrompts(
+        sounds=Path("/usr/share/asterisk/sounds/en_US_f_Allison"),
+        transcripts=Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"),
+        encoding="utf-8",
+        accent="en-US",
+        keypad={"*": "star", "#": "pound"},
+        id_prefix="asterisk",  # unchanged from before there were two languages: ids stay stable
+    ),
+    "es": AsteriskPrompts(
+        sounds=Path("/usr/share/asterisk/sounds/es_MX_f_Allison"),
+        transcripts=Path("/usr/share/doc/asterisk-core-sounds-es/core-sounds-es.txt.gz"),
+        encoding="utf-8",
+        accent="es-MX",
+        # the es transcripts never hold a bare symbol today; these are what a Mexican IVR says
+        keypad={"*": "asterisco", "#": "gato"},
+        id_prefix="asterisk-es",
+    ),
+}
+# kept for callers that name the English package directly
+ASTERISK_SOUNDS = ASTERISK["en"].sounds
+ASTERISK_TRANSCRIPTS = ASTERISK["en"].transcripts
+ASTERISK_APT = ASTERISK["en"].apt
 FSDD_REPO = "https://github.com/Jakobovski/free-spoken-digit-dataset"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -40,6 +77,7 @@ class RawUtterance:
     path: str = ""  # audio file, or "" when the audio comes as bytes
     audio_bytes: bytes | None = None
     origin_file: str = ""  # where a problem should be reported (the audio file or manifest row)
+    text_edit: str = ""  # what the reader removed from the transcript (e.g. notes), counted by prepare
     skip_reason: str = ""  # set by a reader that knows this entry is not usable (a tone, a refused path)
     skip_detail: str = ""  # what exactly, for the message
     role: str = ""  # target_train, target_dev, ... when the data says (split_column, role_sources)
@@ -51,46 +89,57 @@ class SourceError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 _DESCRIPTION = re.compile(r"\[[^\]]*\]|\([^)]*\)|<[^>]*>")
-_KEYPAD_WORDS = {"*": "star", "#": "pound"}
 
 
-def _spoken_text(text: str) -> str:
+def _spoken_text(text: str, keypad: dict[str, str] | None = None) -> str:
     """What an Asterisk prompt actually says, from its doc-file transcript."""
+    keypad = ASTERISK["en"].keypad if keypad is None else keypad
     text = _DESCRIPTION.sub(" ", text)
-    text = re.sub(r"(?<!\S)[*#](?!\S)", lambda m: _KEYPAD_WORDS[m.group()], text)
+    text = re.sub(r"(?<!\S)[*#](?!\S)", lambda m: keypad[m.group()], text)
     return " ".join(text.split())
 
 
-def read_asterisk(path: str = "") -> Iterator[RawUtterance]:
-    """The Asterisk IVR prompts: one US female voice (Allison), 8 kHz telephone audio.
+def read_asterisk(path: str = "", language: str = "en") -> Iterator[RawUtterance]:
+    """The Asterisk IVR prompts: one female voice (Allison), 8 kHz telephone audio, in US English
+    (``en``) or Mexican Spanish (``es``).
 
     Transcripts come from the package's doc file (`name: text`). Descriptions in brackets,
     parentheses or angle brackets (`[ascending tones]`, `(1 second of silence)`, `<beep
-    ascending>`, `IAX (note: does not say "2")`) are not spoken and are removed; a text that was
-    only a description is a tone or silence and is skipped as no_speech (the prepare report
-    counts it). The keypad symbols `*` and `#` are read aloud as "star" and "pound".
+    ascending>`, `IAX (note: does not say "2")`, `[tono simple]`) are not spoken and are removed;
+    a text that was only a description is a tone or silence and is skipped as no_speech, one that
+    kept words is marked `notes_removed`, and a prompt listed with no text at all is skipped as
+    no_transcript (the prepare report counts all three). The keypad symbols `*`
+    and `#` are read aloud in the language ("star" / "pound").
     """
-    sounds = Path(path) if path else ASTERISK_SOUNDS
-    if not sounds.is_dir() or not ASTERISK_TRANSCRIPTS.is_file():
+    if language not in ASTERISK:
         raise SourceError(
-            f"asterisk prompts not found at {sounds} / {ASTERISK_TRANSCRIPTS}; install them: {ASTERISK_APT}"
+            f"prepare.language {language!r}: the Asterisk prompts are packaged in {sorted(ASTERISK)} here"
         )
-    with gzip.open(ASTERISK_TRANSCRIPTS, "rt", encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith(";") or ":" not in line:
-                continue
-            name, text = (s.strip() for s in line.split(":", 1))
-            spoken = _spoken_text(text)
-            yield RawUtterance(
-                id=f"asterisk-{name.replace('/', '-')}",
-                text=spoken,
-                skip_reason="" if spoken else "no_speech",
-                speaker="allison",
-                accent="en-US",
-                path=str(sounds / f"{name}.wav"),
-                origin_file=str(sounds / f"{name}.wav"),
-            )
+    pkg = ASTERISK[language]
+    sounds = Path(path) if path else pkg.sounds
+    if not sounds.is_dir() or not pkg.transcripts.is_file():
+        raise SourceError(
+            f"asterisk prompts not found at {sounds} / {pkg.transcripts}; install them: {pkg.apt}"
+        )
+    for line in read_text_file(pkg.transcripts, pkg.encoding).split("\n"):
+        line = line.strip()
+        if not line or line.startswith(";") or ":" not in line:
+            continue
+        name, text = (s.strip() for s in line.split(":", 1))
+        spoken = _spoken_text(text, pkg.keypad)
+        noted = spoken and _DESCRIPTION.search(text)
+        # `dir-welcome:` with nothing after it is speech nobody transcribed, not a tone
+        skip = "" if spoken else "no_speech" if text else "no_transcript"
+        yield RawUtterance(
+            id=f"{pkg.id_prefix}-{name.replace('/', '-')}",
+            text=spoken,
+            skip_reason=skip,
+            speaker="allison",
+            accent=pkg.accent,
+            path=str(sounds / f"{name}.wav"),
+            origin_file=str(sounds / f"{name}.wav"),
+            text_edit="notes_removed" if noted else "",
+        )
 
 
 def read_fsdd(path: str = "") -> Iterator[RawUtterance]:
@@ -180,6 +229,8 @@ def read_text_file(path: Path, encoding: str, key: str = "prepare.encoding") -> 
     """The whole file decoded with ``encoding``; on a bad byte, the error names the line and the fix."""
     codec = check_encoding(encoding, key)
     data = path.read_bytes()
+    if path.suffix == ".gz":  # Debian ships its doc files gzipped
+        data = gzip.decompress(data)
     try:
         return data.decode(codec)
     except UnicodeDecodeError as e:
@@ -489,7 +540,7 @@ def _read_roles(args, opts: TableOptions) -> Iterator[RawUtterance]:
 def read_source(args) -> Iterator[RawUtterance]:
     """Dispatch on ``args.source`` (a `data_prep.prepare_args.PrepareArgs`)."""
     if args.source == "asterisk":
-        return read_asterisk(args.path)
+        return read_asterisk(args.path, args.language)
     if args.source == "fsdd":
         return read_fsdd(args.path)
     if not args.path and not args.role_sources:

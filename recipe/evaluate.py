@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from core import files, paths, schema
 from core.asr import load_asr
 from core.asr.errors import error_counts
-from core.asr.normalize import get_normalizer
+from core.asr.normalize import get_normalizer, normalizer_name
 from core.checkpoint import model_fingerprint
 from core.config import RunArgs, run_stage, save_resolved
 from core.locks import stage_lock
@@ -114,8 +114,14 @@ def read_hyps(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def renormalized(records: list[dict], args) -> list[dict]:
+    """Decoded records scored with this evaluation's normalizer (another run may have used another)."""
+    normalize = get_normalizer(args.language, args.fold_diacritics)
+    return [{**r, "ref_norm": normalize(r["ref"]), "hyp_norm": normalize(r["hyp"])} for r in records]
+
+
 def decode(asr, ds, args, name: str) -> tuple[list[dict], float]:
-    normalize = get_normalizer(args.language)
+    normalize = get_normalizer(args.language, args.fold_diacritics)
     records, audio_seconds = [], 0.0
     for start in tqdm(range(0, len(ds), args.batch_size), desc=f"decode {name}", unit="batch"):
         batch = ds[start : start + args.batch_size]
@@ -165,20 +171,21 @@ def evaluate(run: RunArgs, args: EvaluateArgs) -> dict:
         # Same weights, same utterances, same decoding: reuse the hyps (e.g. the train stage's final
         # evaluation, now compared against another system) instead of decoding again.
         log.info("reusing the decoding in %s (same model files, split and settings)", out_dir)
-        records = read_hyps(out_dir / "hyps.jsonl")
+        records = renormalized(read_hyps(out_dir / "hyps.jsonl"), args)  # the scoring may have changed
         old = files.read_json(previous)
         wall, audio_seconds = old["decode_seconds"], old["audio_seconds"]
     else:
         ds = schema.without_audio_decoding(schema.load_split(dataset, args.split))
         if args.limit:
             ds = ds.select(range(min(args.limit, len(ds))))
-        asr = load_asr(args.model)
+        # a multilingual Whisper left to itself detects the language per utterance
+        asr = load_asr(args.model, language=args.language)
         t0 = time.time()
         records, audio_seconds = decode(asr, ds, args, name)
         wall = time.time() - t0
     results = {
         **decode_key,
-        "normalizer": "whisper-english" if args.language.lower() in ("en", "english") else "basic",
+        "normalizer": normalizer_name(args.language, args.fold_diacritics),
         **score(records, n_boot=args.bootstrap_samples, seed=run.seed),
         "decode_seconds": round(wall, 2),
         "audio_seconds": round(audio_seconds, 2),
@@ -187,7 +194,12 @@ def evaluate(run: RunArgs, args: EvaluateArgs) -> dict:
     md = results_markdown(name, results)
     paired = None
     if args.compare_to:
-        paired = compare(read_hyps(args.compare_to), records, n_boot=args.bootstrap_samples, seed=run.seed)
+        paired = compare(
+            renormalized(read_hyps(args.compare_to), args),
+            records,
+            n_boot=args.bootstrap_samples,
+            seed=run.seed,
+        )
         paired.update({"system_a": str(args.compare_to), "system_b": name})
         results["paired"] = paired
 

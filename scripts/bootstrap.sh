@@ -6,6 +6,7 @@ APT_PACKAGES=(
   ffmpeg                                          # torchcodec: datasets >= 4 decodes audio through it
   espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts  # TTS engines
   asterisk-core-sounds-en-wav asterisk-core-sounds-en  # the demo's real target speaker (Allison)
+  asterisk-core-sounds-es-wav asterisk-core-sounds-es  # the same voice in Mexican Spanish (tests/test_spanish.py)
   pocketsphinx-testdata                           # real utterances with transcripts for tests
   shellcheck sox
 )

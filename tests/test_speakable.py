@@ -17,8 +17,10 @@ def test_symbols_and_scripts():
     assert language_of("en-gb-scotland") == "en" and language_of("en_US") == "en" and language_of("") == ""
     assert foreign_letters(ARABIC, "en") == ARABIC.replace(" ", "")
     assert foreign_letters(ARABIC, "ar") == ""
-    assert foreign_letters("Привет, café", "en") == "Привет"
-    assert foreign_letters("crème brûlée", "en") == ""  # Latin letters with accents are Latin
+    assert foreign_letters("Привет, café", "en") == "Приветé"
+    # English's alphabet is a-z: an accented letter marks another language's text ("contraseña")
+    assert foreign_letters("crème brûlée", "en") == "èûé"
+    assert foreign_letters("crème brûlée", "fr") == ""  # French has no alphabet listed: the script check only
     assert foreign_letters(ARABIC, "xx") == ""  # a language not in the table is not checked
 
 
@@ -51,7 +53,9 @@ class EnglishEngine(FakeEngine):
 def test_generate_never_sends_a_foreign_script_or_an_emoji_and_counts_both(tmp_path):
     exp, corpus = prepared(tmp_path)
     corpus.write_text(corpus.read_text() + f"{ARABIC}\nhappy birthday 🎂\nQUIET please\n")
-    report = run_generate(exp, corpus, "--engines", "test_speakable:EnglishEngine", "--copies_per_utterance", "0")
+    report = run_generate(
+        exp, corpus, "--engines", "test_speakable:EnglishEngine", "--copies_per_utterance", "0"
+    )
     plan = report["plan"]
     assert plan["texts"]["unspeakable_symbols"] == 1
     voices = len(plan["engines"]["test_speakable:EnglishEngine"]["voices"])

@@ -10,6 +10,12 @@ from core.config import Section, arg
 @dataclass
 class GenerateArgs:
     data_dir: str = arg("", "Dataset written by the prepare stage (default: <output_dir>/data).")
+    language: str = arg(
+        "en",
+        "Language of the target and of every TTS text (a code: en, es). espeak-ng offers its voices of this "
+        "language; a voice of any engine whose accent is another language's is skipped (counted per engine); "
+        "the gate decodes in it unless gate_language says otherwise.",
+    )
     engines: list[str] = arg(
         ["espeak-ng", "flite", "festival"],
         "TTS engines (names in data_prep.candidates.tts.ENGINES, or `module:Class` for your own engine); one not installed "
@@ -132,7 +138,10 @@ class GateArgs:
         "person spoke; the base model's errors on a real accent are what fine-tuning is for).",
         choices=["synthetic", "perturbed"],
     )
-    gate_language: str = arg("en", "Language of the labels: the decoding language and the text normalizer.")
+    gate_language: str = arg(
+        "",
+        "Language of the labels: the decoding language and the text normalizer (empty: generate.language).",
+    )
     gate_pack: bool = arg(
         True,
         "Decode several short candidates per 30-s window (Whisper); each candidate over the threshold is decoded "

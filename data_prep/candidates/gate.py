@@ -88,15 +88,16 @@ def judge(
 class Gate:
     """Decides and caches, shard by shard, which candidates say their transcript."""
 
-    def __init__(self, args, gate_dir: Path):
+    def __init__(self, args, gate_dir: Path, language: str = "en"):
         self.args = args
+        self.language = args.gate_language or language  # language: generate.language, the target's
         self._asr = None
         model_path = resolve_model(args.gate_model)  # fails now, naming the fix, not after hours of TTS
         key = {
             "version": GATE_VERSION,
             "model": args.gate_model,
             "weights": model_fingerprint(model_path),
-            "language": args.gate_language,
+            "language": self.language,
             "pack": args.gate_pack,
             "max_cer": args.gate_max_cer,
             "origins": sorted(args.gate_origins),
@@ -116,7 +117,7 @@ class Gate:
         if self._asr is None:
             # Under a launcher every process gates its own shards on its own GPU.
             device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-            self._asr = load_asr(self.model_path, device=device, language=self.args.gate_language)
+            self._asr = load_asr(self.model_path, device=device, language=self.language)
         return self._asr.transcribe(audio, batch_size=self.args.gate_batch_size, pack=pack)
 
     def decide_shard(self, shard_dir: Path, shard_fingerprint: str) -> None:
@@ -146,7 +147,7 @@ class Gate:
                         audio,
                         self._transcribe,
                         self.args.gate_max_cer,
-                        self.args.gate_language,
+                        self.language,
                         self.args.gate_pack,
                     )
                     rows = {i: [h, float(c)] for i, h, c in zip(sub["id"], hyps, cer, strict=True)}

@@ -200,7 +200,7 @@ def generate(run, args, gate_args) -> dict[str, Any] | None:
     )
     recipe = load_recipe(args.perturb_recipe)
     variant_recipe = load_recipe(args.variant_recipe) if args.variant_recipe else None
-    gate = Gate(gate_args, out_dir / "gate") if gate_args.gate else None
+    gate = Gate(gate_args, out_dir / "gate", args.language) if gate_args.gate else None
     inputs = {split: schema.load_split(data_dir, split)._fingerprint for split in plan["perturb"]}
 
     # 2. Shards: job i goes to shard i % n, so every shard mixes engines and real speech.
@@ -238,6 +238,7 @@ def generate(run, args, gate_args) -> dict[str, Any] | None:
             max_duration=args.max_duration,
             engine_timeout=args.engine_timeout,
             hf_model=args.hf_model,
+            language=args.language,
         )
         for i in todo
     ]

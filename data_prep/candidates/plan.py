@@ -17,7 +17,7 @@ import numpy as np
 from core import paths, schema
 from core.seeding import derive_seed, stream_rng
 from data_prep.candidates import tts
-from data_prep.candidates.speakable import foreign_letters, language_of, unspeakable_symbols
+from data_prep.candidates.speakable import foreign_letters, language_of, other_language, unspeakable_symbols
 from data_prep.leakage import LeakageGuard, normalize_text
 from data_prep.sources import read_text_file
 
@@ -170,17 +170,32 @@ def _speakers(
     the plan records the engines, their voices and the (voice, text) pairs refused for their script."""
     speakers = []
     for name in args.engines:
-        engine = tts.cached_engine(name, args.engine_timeout, args.hf_model)
+        engine = tts.cached_engine(name, args.engine_timeout, args.hf_model, args.language)
         if not engine.available():
             # Registered engines name what to install (e.g. `apt-get install flite`); yours may not.
             hint = getattr(engine, "install_hint", "") or "see the engine's documentation"
             log.warning("TTS engine %s is not installed: skipped (%s)", name, hint)
             plan["engines"][name] = {"available": False, "voices": []}
             continue
+        # A voice of another language would read the target's texts with its own rules: skipped
+        # before the seeded choice, so max_voices_per_engine counts usable voices. A voice whose
+        # accent names no language known here is kept (a user's own engine may label it `us`).
+        own, other = [], []
+        for v in engine.voices():
+            (other if other_language(engine.accent(v), args.language) else own).append(v)
         voices = select_voices(
-            engine.voices(), args.voices, args.max_voices_per_engine, derive_seed(run_seed, "voices", name)
+            own, args.voices, args.max_voices_per_engine, derive_seed(run_seed, "voices", name)
         )
-        plan["engines"][name] = {"available": True, "voices": voices, "refused_foreign_script": 0}
+        plan["engines"][name] = {
+            "available": True,
+            "voices": voices,
+            "skipped_other_language": len(other),
+            "refused_foreign_script": 0,
+        }
+        if other and not own:
+            log.warning(
+                "TTS engine %s has no %s voice (its voices: %s): skipped", name, args.language, other[:5]
+            )
         for voice in voices:
             # Only texts written in the voice's language's script: others come out as letter names.
             language = language_of(engine.accent(voice))

@@ -56,6 +56,7 @@ class ShardTask:
     engine_timeout: float
     variant_recipe: str = ""  # empty: recipe
     hf_model: str = ""
+    language: str = "en"
     progress: bool = True
 
 
@@ -184,7 +185,9 @@ class _ShardWorker:
     def _synthetic(self, job: Job) -> list[tuple[str, torch.Tensor, dict, dict]]:
         """The rendering of ``job`` (perturbed when ``job.perturb``) and its variants, or nothing
         after counting why the synthesis failed."""
-        engine = tts.cached_engine(job.engine, self.task.engine_timeout, self.task.hf_model)
+        engine = tts.cached_engine(
+            job.engine, self.task.engine_timeout, self.task.hf_model, self.task.language
+        )
         engine_seed = derive_seed(job.seed, "tts")
         t0 = time.perf_counter()
         try:

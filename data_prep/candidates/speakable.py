@@ -4,7 +4,8 @@ Before: a text a voice cannot say is never sent to it. espeak-ng reads Arabic or
 string of letter names ("alef, bet, ...": 12.5 s for one line) and some engines speak an emoji's
 name while others drop it, and the label keeps the original text either way. So a text with
 pictographic symbols is refused for every voice, and a text with letters outside the scripts
-of the voice's language is refused for that voice.
+of the voice's language (or outside its alphabet, for the languages listed in LATIN_EXTRAS: an
+English voice never gets "contraseña") is refused for that voice.
 
 After: audio whose length or level does not fit its text is dropped: far too long for its
 characters (letter names, a looping engine), far too short (a word or two of a sentence), or so
@@ -37,6 +38,14 @@ _SCRIPTS = {
     "HIRAGANA": "ja",
     "KATAKANA": "ja",
 }
+# Letters beyond a-z that a Latin-script language writes, for the languages whose voices are
+# planned here. The script alone lets an English voice take "contraseña" and read it with English
+# rules (or spell the ñ); a letter outside the language's alphabet marks another language's text.
+# A Latin-script language missing here gets the script check only.
+LATIN_EXTRAS = {
+    "en": "",
+    "es": "áéíóúüñ",
+}
 SCRIPTS_OF_LANGUAGE: dict[str, frozenset[str]] = {}
 for _script, _codes in _SCRIPTS.items():
     for _code in _codes.split():
@@ -61,6 +70,12 @@ def language_of(accent: str) -> str:
     return accent.replace("_", "-").split("-", 1)[0].lower()
 
 
+def other_language(accent: str, language: str) -> bool:
+    """Whether a voice with this accent label speaks a known language other than ``language``."""
+    own = language_of(accent)
+    return own in SCRIPTS_OF_LANGUAGE and own != language_of(language)
+
+
 def _script(ch: str) -> str:
     name = unicodedata.name(ch, "")
     return "CJK" if name.startswith("CJK") else name.split(" ", 1)[0]
@@ -72,12 +87,19 @@ def unspeakable_symbols(text: str) -> str:
 
 
 def foreign_letters(text: str, language: str) -> str:
-    """Letters of ``text`` outside the scripts ``language`` is written in (empty when the
-    language is unknown here, or every letter fits)."""
+    """Letters of ``text`` outside the scripts ``language`` is written in, or outside its alphabet
+    when LATIN_EXTRAS knows it (empty when the language is unknown here, or every letter fits)."""
     scripts = SCRIPTS_OF_LANGUAGE.get(language)
     if not scripts:
         return ""
-    return "".join(ch for ch in text if ch.isalpha() and _script(ch) not in scripts)
+    extras = LATIN_EXTRAS.get(language)
+
+    def foreign(ch: str) -> bool:
+        if _script(ch) not in scripts:
+            return True
+        return extras is not None and _script(ch) == "LATIN" and not ch.isascii() and ch.lower() not in extras
+
+    return "".join(ch for ch in text if ch.isalpha() and foreign(ch))
 
 
 def audio_problem(samples: np.ndarray, rate: int, text: str) -> tuple[str, str] | None:

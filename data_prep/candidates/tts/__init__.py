@@ -55,12 +55,16 @@ def get_engine(name: str, **options) -> Engine:
 # One instance per process and setting: engines cache their voice listing and loaded models, and
 # the generate stage asks for the same engine while planning and again for every job of a shard.
 @functools.cache
-def cached_engine(name: str, timeout: float, hf_model: str = "") -> Engine:
-    """The engine as the generate stage builds it: a registered engine with ``timeout`` (and the
-    ``hf`` engine with its model, Hub id or folder); a ``module:Class`` engine with no arguments."""
+def cached_engine(name: str, timeout: float, hf_model: str = "", language: str = "en") -> Engine:
+    """The engine as the generate stage builds it: a registered engine with ``timeout`` (the ``hf``
+    engine with its model, Hub id or folder; espeak-ng listing the voices of ``language``); a
+    ``module:Class`` engine with no arguments. The other engines list their fixed voices whatever
+    the language: the plan skips those whose accent is another language's."""
     if ":" in name:
         return get_engine(name)
-    options = {"model": hf_model} if name == "hf" and hf_model else {}
+    options: dict = {"model": hf_model} if name == "hf" and hf_model else {}
+    if name == "espeak-ng":
+        options["language"] = language
     return get_engine(name, timeout=timeout, **options)
 
 

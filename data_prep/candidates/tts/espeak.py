@@ -1,7 +1,9 @@
-"""espeak-ng: every English voice it reports, crossed with every voice variant, rate and pitch jittered.
+"""espeak-ng: every voice it reports for a language (English by default), crossed with every voice
+variant, rate and pitch jittered.
 
 Voices are named ``<base>`` or ``<base>+<variant>``: ``en-gb-scotland+f3``, ``en-029+klatt2``.
-Bases come from ``espeak-ng --voices=en`` and are passed to espeak-ng by their file
+Bases come from ``espeak-ng --voices=<language>`` (``en``: en-us, en-gb-scotland, ...; ``es``: es,
+es-419) and are passed to espeak-ng by their file
 (``gmw/en-GB-scotland``), so a name always means the same voice whatever else is installed.
 MBROLA voices (``mb/...``) are kept only when their MBROLA database and the ``mbrola`` program are
 installed: without them espeak-ng fails on ``mb-en1`` and silently speaks en-gb for ``en-uk``, and
@@ -134,9 +136,11 @@ class EspeakEngine(Engine):
         executable: str = "espeak-ng",
         rate_range: tuple[int, int] = RATE_RANGE,
         pitch_range: tuple[int, int] = PITCH_RANGE,
+        language: str = "en",
     ) -> None:
         super().__init__(timeout)
         self.executable = executable
+        self.language = language
         self.rate_range = (int(rate_range[0]), int(rate_range[1]))
         self.pitch_range = (int(pitch_range[0]), int(pitch_range[1]))
         self._bases: dict[str, ListedVoice] = {}
@@ -145,13 +149,18 @@ class EspeakEngine(Engine):
         return shutil.which(self.executable) is not None
 
     def _list_voices(self) -> list[str]:
-        self._bases = base_voices(list(_listing(self.executable, "en")))
+        self._bases = base_voices(list(_listing(self.executable, self.language)))
         variants = variant_names(list(_listing(self.executable, "variant")))
         if not self._bases:
             raise EngineUnavailable(
-                f"espeak-ng lists no English voice; {INSTALL} (espeak-ng-data holds the voices)"
+                f"espeak-ng lists no voice for language {self.language!r}; {INSTALL} (espeak-ng-data holds the voices)"
             )
-        log.debug("espeak-ng: %d English base voices x (%d variants + none)", len(self._bases), len(variants))
+        log.debug(
+            "espeak-ng: %d %s base voices x (%d variants + none)",
+            len(self._bases),
+            self.language,
+            len(variants),
+        )
         return [f"{base}{suffix}" for base in self._bases for suffix in ["", *(f"+{v}" for v in variants)]]
 
     def accent(self, voice: str) -> str:
