@@ -11,11 +11,12 @@ stage=1
 stop_stage=5
 ngpu=1
 output_dir=""
+check=false
 overrides=()
 
 usage() {
   cat <<'EOF'
-Usage: ./run_finetune.sh [--config FILE] [--stage N] [--stop_stage N] [--ngpu N] [--output_dir DIR] [section.key=value ...]
+Usage: ./run_finetune.sh [--config FILE] [--stage N] [--stop_stage N] [--ngpu N] [--output_dir DIR] [--check] [section.key=value ...]
 
 Stages:
   1 prepare   sources -> canonical 16 kHz datasets (target_train, target_test, source)  python -m data_prep.prepare
@@ -32,6 +33,9 @@ Flags:
   --stop_stage N     last stage to run (default 5; 6 runs the ablation too)
   --ngpu N           processes per node for accelerate launch (default 1; CPU works with 1)
   --output_dir DIR   experiment folder (default: run.output_dir of the config)
+  --check            run the preflight (python -m data_prep.preflight) and exit: config, data source and
+                     columns, target speakers/accents, split sizes, models and language, TTS voices, GPUs
+                     vs --ngpu, precision, disk, a rough time/memory estimate; exit 1 on any FAIL
   section.key=value  override one config key for the stage of that section, e.g. train.max_steps=50,
                      run.seed=1 (run.* goes to every stage)
 
@@ -51,6 +55,7 @@ while [ $# -gt 0 ]; do
     --stop_stage) stop_stage=$2; shift 2 ;;
     --ngpu) ngpu=$2; shift 2 ;;
     --output_dir) output_dir=$2; shift 2 ;;
+    --check) check=true; shift ;;
     *=*) overrides+=("$1"); shift ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -62,6 +67,12 @@ source scripts/bootstrap.sh
 bootstrap
 PY=.venv/bin/python
 export TOKENIZERS_PARALLELISM=false
+
+if $check; then
+  # Before any stage writes anything: a wrong column or a missing voice found now, not in hour two.
+  exec "$PY" -m data_prep.preflight --config "$config" --ngpu "$ngpu" ${output_dir:+--output_dir "$output_dir"} \
+    ${overrides[@]+"${overrides[@]}"}
+fi
 
 # --key value arguments for one section: run.* overrides, the section's overrides, --output_dir.
 stage_args() {

@@ -250,6 +250,20 @@ def parse_args(name: str, argv: list[str] | None = None, description: str | None
     Every value is checked (``core.validation``) before any dataclass is built, so a stage never
     starts on a wrong one. Returns ``(run_args, *section_dataclasses)``.
     """
+    run_values, values = resolve(name, argv, description)
+    sec = section(name)
+    built = [t(**{f.name: values[f.name] for f in dataclasses.fields(t) if f.init}) for t in sec.types]
+    return (RunArgs(**run_values), *built)
+
+
+def resolve(
+    name: str, argv: list[str] | None = None, description: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checked values of ``run`` and of the section ``name`` (defaults, YAML, command line),
+    as plain dicts: what :func:`parse_args` builds its dataclasses from. The preflight reads every
+    section this way without building them: transformers' training arguments refuse ``bf16`` on a
+    machine without a GPU in their constructor, which is a finding to report, not a parse error.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
@@ -280,9 +294,7 @@ def parse_args(name: str, argv: list[str] | None = None, description: str | None
         found.append(why)
     if found:
         raise ConfigError("\n".join(found))
-    values = vars(stage_ns)
-    built = [t(**{f.name: values[f.name] for f in dataclasses.fields(t) if f.init}) for t in sec.types]
-    return (RunArgs(**vars(run_ns)), *built)
+    return vars(run_ns), vars(stage_ns)
 
 
 def parse_cli(name: str, argv: list[str] | None = None, description: str | None = None):

@@ -479,6 +479,17 @@ def read_hub(name: str, config: str, split: str, opts: TableOptions) -> Iterator
         )
 
 
+def table_header(path: str, source: str, encoding: str = "utf-8") -> tuple[str, list[str]]:
+    """(the manifest file, its columns) of a csv/jsonl manifest or an audiofolder's metadata: what
+    the preflight checks the prepare.*_column keys against, every missing one at once."""
+    p = Path(path)
+    if source == "audiofolder":
+        p = next((p / n for n in ("metadata.csv", "metadata.jsonl") if (p / n).is_file()), p / "metadata.csv")
+    if not p.is_file():
+        raise SourceError(f"manifest {p} not found")
+    return str(p), _read_table(p, encoding)[0]
+
+
 def table_options(args) -> TableOptions:
     """The manifest options of a `PrepareArgs`: columns, encoding, confinement, what must be there.
 
