@@ -688,7 +688,7 @@ def check_tts(gen, language: str, engine_factory: Callable | None = None) -> Che
     name = "TTS voices"
     if not gen.engines:
         return Check(name, OK, "generate.engines is empty: no synthetic candidates")
-    factory = engine_factory or (lambda e: tts.cached_engine(e, gen.engine_timeout, gen.hf_model))
+    factory = engine_factory or (lambda e: tts.cached_engine(e, gen.engine_timeout, gen.hf_model, language))
     lang = language_code(language)
     fails, notes = [], []
     for e in gen.engines:
@@ -1025,7 +1025,7 @@ def run_checks(
     texts = [r.text for r in src.facts.get("rows", [])[:5000] if r.text]
     models = {"train": (train.model_name_or_path, train.language)}
     if gen.gate and gen.engines:
-        models["generate.gate_model"] = (gen.gate_model, gen.gate_language)
+        models["generate.gate_model"] = (gen.gate_model, gen.gate_language or gen.language)
     models["evaluate"] = (ev.model, train.language)
     roles: dict[tuple[str, str], list[str]] = {}
     for role, key in models.items():
@@ -1038,7 +1038,7 @@ def run_checks(
         if "train" in users and c.status != FAIL:
             train_info = c.facts
 
-    checks.append(check_tts(gen, train.language))
+    checks.append(check_tts(gen, gen.language))
     visible = torch.cuda.device_count()
     checks.append(check_gpus(ngpu, visible))
     cuda = visible > 0
@@ -1071,7 +1071,7 @@ def _voices_per_engine(gen) -> dict[str, int]:
     out = {}
     for e in gen.engines:
         try:
-            engine = tts.cached_engine(e, gen.engine_timeout, gen.hf_model)
+            engine = tts.cached_engine(e, gen.engine_timeout, gen.hf_model, gen.language)
             out[e] = (
                 len(select_voices(engine.voices(), gen.voices, 0, 0))
                 if engine.available() and e != "hf"

@@ -24,6 +24,7 @@ from datasets import Audio, load_dataset
 
 from data_prep.prepare_args import LOCAL_SOURCES, ROLES, parse_role_sources, parse_split_map
 
+
 @dataclass(frozen=True)
 class AsteriskPrompts:
     """One language's Debian package of the Asterisk prompts: the same studio voice (Allison)."""

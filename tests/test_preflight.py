@@ -182,8 +182,13 @@ def test_an_engine_not_installed_fails_with_its_package():
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
-def test_the_real_espeak_engine_offers_no_spanish_voice_to_generate():
-    check = pf.check_tts(gen_args(["espeak-ng"]), "es")
+def test_the_real_espeak_engine_has_spanish_voices():
+    assert pf.check_tts(gen_args(["espeak-ng"]), "es").status == pf.OK
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed")
+def test_the_real_flite_engine_has_no_spanish_voice():
+    check = pf.check_tts(gen_args(["flite"]), "es")
     assert check.status == pf.FAIL and "none for 'es'" in check.detail
 
 

@@ -99,6 +99,8 @@ def test_plan_skips_voices_of_another_language():
         texts_per_voice=0,
         perturb_synthetic_prob=0.0,
         max_synthetic=0,
+        voices_per_text=0,
+        variants_per_rendering=0,
         language="es",
     )
     texts = ["Ingrese su contraseña", "Gracias", "Привет"]
