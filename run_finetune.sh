@@ -147,7 +147,7 @@ h=$(stage_hash filter)
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   if is_done 3 "$h"; then log "stage 3 filter: done, skipped"; else
     log "stage 3: filter candidates by likelihood-ratio rejection sampling"
-    run_py data_prep.filter filter
+    launch data_prep.filter filter
     mark_done 3 "$h"
   fi
 fi

@@ -18,7 +18,8 @@ from conftest import tone
 from tiny_asr import needs_espeak, speak, tiny_wav2vec2, tiny_whisper
 
 from core import schema
-from data_prep.filter.embed import embed_dataset, frame_features_dataset, get_embedder
+from data_prep.filter.embed import embed_dataset, embed_share, frame_features_dataset, get_embedder
+from data_prep.filter.embed.cache import share
 from data_prep.filter.embed.dsp import Packed, deltas, seg_mean_std, seg_quantiles
 
 RATE = schema.SAMPLE_RATE
@@ -435,6 +436,45 @@ def test_model_files_are_part_of_the_key(whisper_dir, tmp_path):
     before = get_embedder("encoder", model=str(copy), device="cpu").key
     (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")  # "retrained"
     assert get_embedder("encoder", model=str(copy), device="cpu").key != before
+
+
+def test_shares_are_whole_batches_that_cover_every_row_once():
+    for n, batch, world in [(7, 3, 2), (90, 32, 2), (30, 32, 2), (5, 2, 4), (0, 4, 3)]:
+        spans = [share(n, batch, rank, world) for rank in range(world)]
+        assert [i for start, stop in spans for i in range(start, stop)] == list(range(n))
+        assert all(start % batch == 0 for start, stop in spans if start < n)
+    assert share(30, 32, 0, 2) == (0, 0) and share(30, 32, 1, 2) == (0, 30)  # one batch: one process
+
+
+def test_shares_join_into_the_single_process_result_and_resume(tmp_path, monkeypatch):
+    ds = _dataset(7)
+    e = get_embedder("mfcc_stats")
+    one = embed_dataset(ds, e, batch_size=2)
+    frames_one = frame_features_dataset(ds, e, batch_size=2)
+    counter = Counting(e, monkeypatch)
+    # Of 3 processes (batches [0,1] [2,3] [4,5] [6]: shares of 1, 1 and 2 batches), only 2 and 0
+    # ran: joining makes share 1 itself, then the parts go.
+    for rank in (2, 0):
+        embed_share(ds, e, tmp_path, rank, 3, batch_size=2)
+        embed_share(ds, e, tmp_path, rank, 3, batch_size=2)  # a rerun finds its part
+    assert counter.calls == 3
+    joined = embed_dataset(ds, e, tmp_path, batch_size=2, world=3)
+    assert counter.calls == 4
+    np.testing.assert_array_equal(joined, one)
+    assert sorted(p.name for p in (tmp_path / e.key).iterdir()) == sorted(
+        [f"{ds._fingerprint}.npy", f"{ds._fingerprint}.ids.json", "embedder.json"]
+        + [f".{ds._fingerprint}.part-{r:05d}-of-00003.npz.lock" for r in range(3)]
+        + [f".{ds._fingerprint}.npy.lock"]
+    )
+    embed_share(ds, e, tmp_path, 1, 3, batch_size=2)  # joined already: nothing to do
+    assert counter.calls == 4
+    # Frame features the same way; a part made with another batch size holds other rows: redone.
+    embed_share(ds, e, tmp_path, 0, 2, frames=True, batch_size=3)
+    embed_share(ds, e, tmp_path, 1, 2, frames=True, batch_size=2)
+    frames = frame_features_dataset(ds, e, tmp_path, batch_size=2, world=2)
+    assert counter.calls == 4 + 1 + 2 + 2  # share 0 with 3 rows, share 1, then share 0 again
+    for a, b in zip(frames, frames_one, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow

@@ -6,13 +6,17 @@ is the target, six voices propose candidates: the filter must pick out the targe
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torchaudio.functional as AF
-from conftest import tone
+from conftest import REPO, tone, written
 
 from core import files, schema
 from core.config import ConfigError, parse_args, section
@@ -208,6 +212,68 @@ def test_rerun_reads_the_embedding_cache_and_same_seed_accepts_the_same(tones_ex
     filter_stage(exp, *BUDGET, *shared, output_dir=tmp_path / "seed1")
     assert counter.utterances == N_TARGET + 90
     assert load_scored(tmp_path / "seed1")["accepted"] != before["accepted"]
+
+
+def _launched(exp, out, world: int) -> list[str]:
+    """The stage in ``world`` processes started together, as a launcher starts them (RANK,
+    WORLD_SIZE, LOCAL_RANK); each one's log."""
+    cmd = [sys.executable, "-m", "data_prep.filter", "--output_dir", str(out), "--data_dir", str(exp / "data"),
+           "--candidates_dir", str(exp / "candidates" / "dataset"), *BUDGET]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(REPO),
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": str(world),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    for rank, (p, text) in enumerate(zip(procs, logs, strict=True)):
+        assert p.returncode == 0, f"process {rank}:\n{text}"
+    return logs
+
+
+def _embedded(logs: list[str]) -> int:
+    """Utterances the processes embedded (cache_dir: "embeddings: N utterances (S s of audio) ...")."""
+    return sum(int(n) for text in logs for n in re.findall(r"embeddings: (\d+) utterances \(", text))
+
+
+def test_two_processes_embed_their_shares_and_join_the_single_process_embeddings(
+    tones_exp, tmp_path, monkeypatch
+):
+    exp, report, _ = tones_exp
+    logs = _launched(exp, tmp_path, 2)
+    # Batches of 32: the 30 targets are one batch (process 1's), the 90 candidates three (one and two).
+    assert _embedded(logs) == N_TARGET + 90
+    assert "process 1 of 2 embedded its share" in logs[1] and "joined from 2 processes' parts" in logs[0]
+    folder, single_folder = (
+        tmp_path / "embeddings" / report["embedder_key"],
+        exp / "embeddings" / report["embedder_key"],
+    )
+    assert written(folder) == written(single_folder)  # and so the parts are gone
+    for path in single_folder.glob("*.npy"):
+        np.testing.assert_array_equal(np.load(folder / path.name), np.load(path))
+    columns = ["id", "accepted", "log_ratio"]
+    assert (
+        load_scored(tmp_path).select_columns(columns).to_dict()
+        == load_scored(exp).select_columns(columns).to_dict()
+    )
+    # A rerun of both embeds nothing (in this process: a launch costs seconds of imports).
+    counter = CountingEmbed(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in (1, 0):
+        monkeypatch.setenv("RANK", str(rank))
+        assert (filter_stage(exp, *BUDGET, output_dir=tmp_path) is None) == (rank == 1)
+    assert counter.utterances == 0
 
 
 def test_weights_mode_keeps_everyone_and_diagnoses_the_weighted_set(tones_exp, tmp_path):

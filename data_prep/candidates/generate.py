@@ -43,7 +43,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections import Counter
@@ -56,6 +55,7 @@ from datasets import concatenate_datasets, load_from_disk
 from core import files, locks, paths, schema
 from core.config import run_stage, save_resolved
 from core.paths import ExperimentPaths
+from core.ranks import rank_and_world
 from data_prep.candidates.gate import REJECTED_LIST, Gate
 from data_prep.candidates.perturb import load_recipe
 from data_prep.candidates.plan import plan_jobs
@@ -74,11 +74,6 @@ log = logging.getLogger(__name__)
 # Candidates per shard when num_shards is 0: small enough that a killed run loses little
 # (a few minutes of work), large enough that per-shard overhead (a dataset save) is negligible.
 SHARD_SIZE = 500
-
-
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes (torchrun / accelerate launch set both)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def merge(

@@ -1,6 +1,12 @@
 """Stage `filter`: keep the candidates that look like the target, by likelihood-ratio rejection sampling.
 
     python -m data_prep.filter --config configs/demo.yaml [--key value ...]
+    accelerate launch --multi_gpu --num_processes 4 -m data_prep.filter --config ...
+
+Under a launcher (RANK/WORLD_SIZE) every process embeds a contiguous share of the batches on its
+own GPU (cuda:LOCAL_RANK) into a part of the cache; process 0 waits for the parts (computing any
+that no process made), joins them into exactly the single-process embeddings and runs the rest of
+the stage, while the others exit once their share is written.
 
 Steps: 1. load target_train (p) and the candidates (q); 2. embed both (cached under
 `<output_dir>/embeddings`, so trying another estimator is cheap); 3. hold out part of the target
@@ -33,6 +39,7 @@ from core import files, paths, schema
 from core.config import run_stage, save_resolved
 from core.locks import stage_lock
 from core.paths import ExperimentPaths
+from core.ranks import rank_and_world
 from data_prep.filter.diagnostics import (
     effective_sample_size,
     filter_diagnostics,
@@ -40,7 +47,7 @@ from data_prep.filter.diagnostics import (
     sample_comparison,
     split_target,
 )
-from data_prep.filter.embed import embed_dataset, frame_features_dataset, get_embedder
+from data_prep.filter.embed import embed_dataset, embed_share, frame_features_dataset, get_embedder
 from data_prep.filter.estimators import AUC_WARN, Groups, get_estimator, option_types
 from data_prep.filter.figures import plot_figures
 from data_prep.filter.groups import group_keys, per_group
@@ -82,9 +89,18 @@ def make_embedder(args):
     return get_embedder(args.embedder, **options)
 
 
-def _embed(ds, embedder, args, cache_dir: Path, frames: bool):
+def _embed(ds, embedder, args, cache_dir: Path, frames: bool, world: int):
     fn = frame_features_dataset if frames else embed_dataset
-    return fn(ds, embedder, cache_dir, batch_size=args.embed_batch_size, num_proc=args.num_proc)
+    return fn(ds, embedder, cache_dir, batch_size=args.embed_batch_size, num_proc=args.num_proc, world=world)
+
+
+def embed_shares(datasets, embedder, args, cache_dir: Path, frames: bool, rank: int, world: int) -> None:
+    """This process's share of every embedding the stage needs (frame features too when ``frames``),
+    all of them before process 0 joins any: no process idles between datasets."""
+    for kind in (False, True) if frames else (False,):
+        for ds in datasets:
+            embed_share(ds, embedder, cache_dir, rank, world, frames=kind, batch_size=args.embed_batch_size,
+                        num_proc=args.num_proc)  # fmt: skip
 
 
 def _rows(x, idx: np.ndarray):
@@ -112,10 +128,46 @@ def load_target_train(data_dir: Path):
     return schema.load_split(path)
 
 
-@stage_lock("filter", lambda run, *_: ExperimentPaths.of(run.output_dir).filter)
-def run_filter(run, args, *estimator_options) -> dict:
+def run_filter(run, args, *estimator_options) -> dict | None:
     """The stage; ``estimator_options`` are the section's estimator options dataclasses as parsed
-    (one not given takes its defaults). Returns the report."""
+    (one not given takes its defaults). Returns the report; under a launcher, None in the processes
+    of rank > 0, which embed their share and leave the rest to process 0."""
+    rank, world = rank_and_world()
+    if rank == 0:
+        return _run_filter(run, args, world, *estimator_options)
+    exp = ExperimentPaths.of(run.output_dir)
+    target, _, cands = _inputs(args, exp)
+    estimator = _estimator(args, estimator_options)[0]
+    embed_shares(
+        (target, cands), make_embedder(args), args, _cache_dir(args, exp), estimator.frames, rank, world
+    )
+    log.info(
+        "filter: process %d of %d embedded its share; process 0 joins the shares and filters", rank, world
+    )
+    return None
+
+
+def _inputs(args, exp: ExperimentPaths):
+    """target_train, the candidates (canonical: the outputs keep the schema) and the candidates
+    with audio as WAV bytes (embedders decode with soundfile)."""
+    target = schema.without_audio_decoding(load_target_train(Path(args.data_dir or exp.data)))
+    cands_canonical = schema.load_split(args.candidates_dir or exp.candidates_dataset)
+    return target, cands_canonical, schema.without_audio_decoding(cands_canonical)
+
+
+def _estimator(args, estimator_options):
+    """The estimator and every estimator's options (one not given takes its defaults)."""
+    options = [next((o for o in estimator_options if isinstance(o, cls)), cls()) for cls in option_types()]
+    return get_estimator(args.method, *options, pca_dim=args.pca_dim, folds=args.folds), options
+
+
+def _cache_dir(args, exp: ExperimentPaths) -> Path:
+    return Path(args.embeddings_dir or exp.embeddings)
+
+
+@stage_lock("filter", lambda run, *_: ExperimentPaths.of(run.output_dir).filter)
+def _run_filter(run, args, world: int, *estimator_options) -> dict:
+    """The stage in process 0 (the only one with ``world`` 1)."""
     t0 = time.time()
     timings: dict[str, float] = {}
 
@@ -129,9 +181,7 @@ def run_filter(run, args, *estimator_options) -> dict:
     exp = ExperimentPaths.of(run.output_dir)
     out_dir = exp.filter
     # 1. inputs (audio stays WAV bytes: embedders decode with soundfile; the outputs keep the schema)
-    target = schema.without_audio_decoding(load_target_train(Path(args.data_dir or exp.data)))
-    cands_canonical = schema.load_split(args.candidates_dir or exp.candidates_dataset)
-    cands = schema.without_audio_decoding(cands_canonical)
+    target, cands_canonical, cands = _inputs(args, exp)
     if len(target) < 2 or len(cands) < 2:
         raise ValueError(
             f"the filter needs at least 2 target and 2 candidate utterances, got {len(target)} and {len(cands)}"
@@ -140,15 +190,17 @@ def run_filter(run, args, *estimator_options) -> dict:
     t = lap("load", t0)
 
     # 2. embeddings (cached): the diagnostics always compare embeddings; an estimator that scores
-    # frames gets frame features as well
-    options = [next((o for o in estimator_options if isinstance(o, cls)), cls()) for cls in option_types()]
-    estimator = get_estimator(args.method, *options, pca_dim=args.pca_dim, folds=args.folds)
-    cache = Path(args.embeddings_dir or exp.embeddings)
+    # frames gets frame features as well. Under a launcher every process embeds its share first,
+    # and this one joins the shares.
+    estimator, options = _estimator(args, estimator_options)
+    cache = _cache_dir(args, exp)
     embedder = make_embedder(args)
-    t_emb, c_emb = _embed(target, embedder, args, cache, False), _embed(cands, embedder, args, cache, False)
+    if world > 1:
+        embed_shares((target, cands), embedder, args, cache, estimator.frames, 0, world)
+    t_emb, c_emb = (_embed(ds, embedder, args, cache, False, world) for ds in (target, cands))
     t_in, c_in = t_emb, c_emb
     if estimator.frames:
-        t_in, c_in = _embed(target, embedder, args, cache, True), _embed(cands, embedder, args, cache, True)
+        t_in, c_in = (_embed(ds, embedder, args, cache, True, world) for ds in (target, cands))
     t = lap("embed", t)
 
     # 3. held-out target, for the diagnostics only

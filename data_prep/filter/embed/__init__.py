@@ -12,7 +12,8 @@ The filter compares candidates with target speech in an embedding space; which s
 
 :func:`embed_dataset` and :func:`frame_features_dataset` (cache.py) run one over a canonical dataset
 and cache the result under ``cache_dir/<embedder key>/``; the key hashes the embedder's name,
-options and model files.
+options and model files. Under a launcher each process embeds its share with :func:`embed_share`
+and one joins them.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import inspect
 from typing import Any
 
 from data_prep.filter.embed.base import Embedder
-from data_prep.filter.embed.cache import embed_dataset, frame_features_dataset
+from data_prep.filter.embed.cache import embed_dataset, embed_share, frame_features_dataset
 from data_prep.filter.embed.encoder import AsrEncoder
 from data_prep.filter.embed.mfcc import MfccStats
 from data_prep.filter.embed.speaker import Resemblyzer, XVector
 
-__all__ = ["EMBEDDERS", "Embedder", "embed_dataset", "frame_features_dataset", "get_embedder"]
+__all__ = ["EMBEDDERS", "Embedder", "embed_dataset", "embed_share", "frame_features_dataset", "get_embedder"]
 
 EMBEDDERS = ("mfcc_stats", "speaker", "encoder")
 

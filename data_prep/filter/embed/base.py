@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from core import schema
+from core.ranks import local_device
 
 SAMPLE_RATE = schema.SAMPLE_RATE
 # Bump when the features an embedder computes change, so old caches are not reused.
@@ -93,9 +94,8 @@ def check_batch(batch: Sequence[np.ndarray]) -> list[torch.Tensor]:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``auto``: this process's own GPU (cuda:LOCAL_RANK under a launcher), else the CPU."""
+    return torch.device(local_device() if device == "auto" else device)
 
 
 def files_signature(path: str) -> dict[str, Any]:
