@@ -32,6 +32,7 @@ run finished with the same command is reused on rerun.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import shutil
 import subprocess
@@ -61,19 +62,26 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def _run_once(cmd: list[str], out: Path, result: Path, what: str) -> None:
-    """Run ``cmd`` (writing into ``out``) unless ``result`` exists from the very same command.
+def _content(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "absent"
+
+
+def _run_once(cmd: list[str], out: Path, result: Path, what: str, inputs: list[Path]) -> None:
+    """Run ``cmd`` (writing into ``out``) unless ``result`` exists from the very same command on
+    the very same ``inputs`` (files whose content the run depends on: the config, the filter's
+    report; the command names them by path, and an edited config keeps its path).
 
     Under the lock of ``out``: two ablations started together (say on other seeds) share runs, and
     the second waits for a run the first is making, then reuses it instead of training it again.
     """
     with output_lock(out, f"ablation run {what}"):
-        record = out / COMMAND_RECORD
-        if result.exists() and record.is_file() and files.read_json(record) == cmd[1:]:
+        record_path = out / COMMAND_RECORD
+        record = {"command": cmd[1:], "inputs": {str(p): _content(p) for p in inputs}}
+        if result.exists() and record_path.is_file() and files.read_json(record_path) == record:
             log.info("%s: done, reusing %s", what, result)
             return
         _run(cmd)
-        files.write_json(cmd[1:], record)
+        files.write_json(record, record_path)
 
 
 def _config(cfg: str | None) -> list[str]:
@@ -88,7 +96,9 @@ def run_seed_filter(seed: int, cfg: str | None, exp: ExperimentPaths) -> Path:
     cmd += ["--seed", str(seed), "--data_dir", str(exp.data), "--candidates_dir", str(exp.candidates_dataset)]
     # Embeddings do not depend on the seed: every run reads the experiment's cache.
     cmd += ["--embeddings_dir", str(exp.embeddings)]
-    _run_once(cmd, out, filter_dir / paths.FILTER_REPORT, f"filter seed {seed}")
+    inputs = [Path(cfg)] if cfg else []
+    inputs += [exp.data / "target_train" / "state.json", exp.candidates / "report.json"]
+    _run_once(cmd, out, filter_dir / paths.FILTER_REPORT, f"filter seed {seed}", inputs)
     return filter_dir
 
 
@@ -165,7 +175,12 @@ def run_arm(
     else:
         cmd = ["recipe.train", *train_overrides(arm, args, exp, filter_dir, augment)]
     hyps = eval_dir / "hyps.jsonl"
-    _run_once([sys.executable, "-m", cmd[0], *common, *cmd[1:]], out, hyps, f"{arm} seed {seed}")
+    inputs = [Path(cfg)] if cfg else []
+    # the splits' state.json hold their content fingerprints (a rerun of prepare on the same data
+    # keeps them; its report's timings would not)
+    inputs += [exp.data / split / "state.json" for split in ("target_train", args.split)]
+    inputs += [filter_dir / paths.FILTER_REPORT] if filter_dir else []
+    _run_once([sys.executable, "-m", cmd[0], *common, *cmd[1:]], out, hyps, f"{arm} seed {seed}", inputs)
     if arm != "zero_shot" and not args.keep_models and arm_paths.train.is_dir():
         freed = prune_weights(arm_paths.train)
         if freed:

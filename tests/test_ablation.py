@@ -316,3 +316,23 @@ def test_real_anti_is_a_default_arm_and_trains_on_the_lowest_ratios_of_its_seeds
             k = int(np.sum(np.array(scored["accepted"])[groups == g]))
             lowest = np.array(scored["id"])[groups == g][np.argsort(lr[groups == g])[:k]]
             assert sorted(chosen) == sorted(lowest)
+
+
+def test_a_finished_run_is_reused_only_while_its_config_and_filter_are_unchanged(experiment, tmp_path):
+    cfg = tmp_path / "ablation.yaml"
+    cfg.write_text("train:\n  learning_rate: 1.0e-5\n")
+
+    def trains_after(*argv):
+        before = len(experiment.calls)
+        run, args = parse_args(
+            "ablation", ["--config", str(cfg), "--output_dir", str(experiment.root), *argv]
+        )
+        ablation(run, args, str(cfg))
+        return [m for m, _ in experiment.calls[before:] if m == "recipe.train"]
+
+    argv = ("--seeds", "1", "--arms", "real_only", "real+accepted", "--bootstrap_samples", "20")
+    assert len(trains_after(*argv)) == 2
+    assert trains_after(*argv) == []  # same command, same inputs: reused
+    # the same path with another content: every run depends on it, so every run is made again
+    cfg.write_text("train:\n  learning_rate: 3.0e-5\n")
+    assert len(trains_after(*argv)) == 2
