@@ -198,6 +198,7 @@ class Row:
     accent: str
     duration: float | None  # seconds from the header; None: unknown (not a WAV/FLAC header, missing)
     problem: str = ""  # why prepare will skip it (missing_file, empty_transcript, ...)
+    role: str = ""  # the role the data gives it (split_column, role_sources); "" when prepare splits
 
 
 def audio_duration(path: str | None = None, data: bytes | None = None) -> float | None:
@@ -207,6 +208,18 @@ def audio_duration(path: str | None = None, data: bytes | None = None) -> float 
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError):
         return None
     return info.frames / info.samplerate if info.samplerate else None
+
+
+def mark_duplicates(rows: Sequence[Row]) -> None:
+    """A second row with an id already seen is prepare's duplicate_id skip (rows split_map leaves
+    out are never looked at)."""
+    seen: set[str] = set()
+    for r in rows:
+        if r.problem or r.role == "skip":
+            continue
+        if r.id in seen:
+            r.problem = "duplicate_id"
+        seen.add(r.id)
 
 
 def _raw_rows(records: Sequence, sample: int, seed: int) -> tuple[list[Row], float]:
@@ -233,53 +246,76 @@ def _raw_rows(records: Sequence, sample: int, seed: int) -> tuple[list[Row], flo
             problem = "missing_file"
         elif not problem:
             duration = audio_duration(r.path or None, r.audio_bytes)
-        rows.append(Row(r.id, text, r.speaker, r.accent, duration, problem))
+        rows.append(Row(r.id, text, r.speaker, r.accent, duration, problem, r.role))
+    mark_duplicates(rows)
     return rows, scale
 
 
+def _local_tables(prep) -> dict[str, str]:
+    """{role: manifest or folder} of a csv/jsonl/audiofolder source; role "" when one path holds every row."""
+    from data_prep.prepare_args import parse_role_sources
+
+    return parse_role_sources(prep.role_sources) or {"": prep.path}
+
+
+def _table_columns(prep, path: str, role: str) -> tuple[str, list[str]]:
+    """(what is wrong with one manifest's columns, "" when nothing; notes on optional columns it lacks)."""
+    from data_prep import sources
+
+    try:
+        where, header = sources.table_header(path, prep.source, prep.encoding)
+    except (sources.SourceError, OSError) as e:
+        return (f"role {role}: {e}; fix prepare.role_sources ({role}={path})" if role else str(e)), []
+    audio_col = "file_name" if prep.source == "audiofolder" else prep.audio_column
+    required = {"audio": audio_col, "text": prep.text_column}
+    optional = {"speaker": prep.speaker_column, "accent": prep.accent_column, "id": prep.id_column}
+    for key, values in (("speaker", prep.target_speakers), ("accent", prep.target_accents)):
+        if values:
+            required[key] = optional.pop(key)
+    if prep.split_by == "speaker":
+        required["speaker"] = optional.pop("speaker", prep.speaker_column)
+    if prep.split_column:
+        required["split"] = prep.split_column
+    absent = [
+        f"{key} column {col!r} (prepare.{key}_column)" for key, col in required.items() if col not in header
+    ]
+    if absent:
+        return (
+            f"{where}: no {', no '.join(absent)}; columns found: {header}; "
+            "set the prepare.*_column keys to the file's column names"
+        ), []
+    meaning = {"speaker": "one speaker", "accent": "empty accents", "id": "ids from file names"}
+    notes = [
+        f"no {k} column {col!r}: {meaning[k]}" for k, col in optional.items() if col and col not in header
+    ]
+    return "", notes
+
+
+def _role_counts(rows: Iterable[Row]) -> str:
+    counts = Counter(r.role for r in rows if r.role)
+    return ", ".join(f"{role} {n}" for role, n in sorted(counts.items()))
+
+
 def check_source(prep, seed: int = 0) -> Check:
-    """The source resolves and has the named columns; lists its utterances (cheaply) for the next checks."""
+    """The source resolves and has the named columns (in every role's manifest, Hub split or
+    folder); lists its utterances (cheaply) for the next checks."""
     from data_prep import sources
 
     name = "dataset source"
     if prep.source == "hub":
         return _check_hub(prep, seed)
-    where = prep.path or prep.source
+    tables = _local_tables(prep) if prep.source in sources.LOCAL_SOURCES else {}
+    where = " + ".join(p for p in tables.values() if p) or prep.path or prep.source
     # Target values are checked by check_targets, which names the closest values; the reader's
     # own check would stop at the first and list every value.
     listing_args = SimpleNamespace(**{**vars(prep), "target_speakers": [], "target_accents": []})
-    notes = []
-    if prep.source in ("csv", "jsonl", "audiofolder") and prep.path:
-        try:
-            where, header = sources.table_header(prep.path, prep.source, prep.encoding)
-        except (sources.SourceError, OSError) as e:
-            return Check(name, FAIL, str(e))
-        audio_col = "file_name" if prep.source == "audiofolder" else prep.audio_column
-        wanted = {"audio": audio_col, "text": prep.text_column}
-        optional = {"speaker": prep.speaker_column, "accent": prep.accent_column, "id": prep.id_column}
-        required = dict(wanted)
-        for role, values in (("speaker", prep.target_speakers), ("accent", prep.target_accents)):
-            if values:
-                required[role] = optional.pop(role)
-        if prep.split_by == "speaker":
-            required["speaker"] = optional.pop("speaker", prep.speaker_column)
-        absent = [
-            f"{role} column {col!r} (prepare.{role}_column)"
-            for role, col in required.items()
-            if col not in header
-        ]
-        if absent:
-            return Check(
-                name,
-                FAIL,
-                f"{where}: no {', no '.join(absent)}; columns found: {header}; "
-                "set the prepare.*_column keys to the file's column names",
-            )
-        notes = [
-            f"no {role} column {col!r}: {'one speaker' if role == 'speaker' else 'empty ' + role + 's' if role == 'accent' else 'ids from file names'}"
-            for role, col in optional.items()
-            if col and col not in header
-        ]
+    notes: list[str] = []
+    for role, path in tables.items():
+        if path:
+            problem, more = _table_columns(prep, path, role)
+            if problem:
+                return Check(name, FAIL, problem)
+            notes += more
     try:
         records = list(sources.read_source(listing_args))
     except sources.SourceError as e:
@@ -289,46 +325,56 @@ def check_source(prep, seed: int = 0) -> Check:
     rows, scale = _raw_rows(records, MAX_HEADER_READS, seed)
     values = {"speaker": {r.speaker for r in records}, "accent": {r.accent for r in records}}
     detail = f"{prep.source} {where}: {len(records)} utterances listed, {len(values['speaker'])} speakers"
+    if any(r.role for r in records):
+        detail += f" (by role: {_role_counts(Row('', '', '', '', None, role=r.role) for r in records)})"
     if scale > 1:
         detail += f"; durations from a seeded sample of {len(rows)} headers, totals scaled"
     status = OK  # a missing optional column has a documented meaning (one speaker, no accent): a note
     return Check(
         name,
         status,
-        "; ".join([detail, *notes]),
+        "; ".join([detail, *dict.fromkeys(notes)]),
         facts={"rows": rows, "scale": scale, "values": values, "where": where, "complete": True},
     )
 
 
-def _check_hub(prep, seed: int) -> Check:
-    """A Hub dataset (or a local copy at prepare.path): columns from its features, values and
-    durations from the cached copy, or from a streamed sample when the network is allowed."""
-    name = "dataset source"
-    local = Path(prep.path).exists()
-    if not local and hub_offline() and not hub_dataset_cached(prep.path):
-        # datasets would retry the network before giving up; offline and uncached means it cannot work.
-        return Check(
-            name,
-            FAIL,
-            f"Hub dataset {prep.path} is not in the local cache and HF_HUB_OFFLINE is set; "
-            + OFFLINE_FIX.format(key="prepare.path"),
-        )
-    try:
-        from datasets import Audio, load_dataset
+def _hub_roles(prep) -> list[tuple[str, str]]:
+    """(role, split) pairs a Hub source reads: each role's own split (role_sources), else
+    hub_split with role "" (the rows' roles then come from split_column, or prepare splits)."""
+    from data_prep.prepare_args import parse_role_sources
 
-        if local or hub_offline():
-            ds = load_dataset(prep.path, prep.hub_config or None, split=prep.hub_split)
-            complete, n_total = True, len(ds)
-        else:
-            ds = load_dataset(prep.path, prep.hub_config or None, split=prep.hub_split, streaming=True)
-            complete, n_total = False, None
-            info = ds.info.splits.get(prep.hub_split) if ds.info and ds.info.splits else None
-            n_total = info.num_examples if info else None
-        columns = list(ds.column_names or (ds.features or {}).keys())
-    except Exception as e:  # noqa: BLE001 - whatever datasets raises (config, split, auth), the user needs its words
-        return Check(
-            name, FAIL, f"Hub dataset {prep.path} [{prep.hub_split}] does not load: {type(e).__name__}: {e}"
-        )
+    return list(parse_role_sources(prep.role_sources).items()) or [("", prep.hub_split)]
+
+
+def _load_hub_split(prep, split: str):
+    """(the split's rows, complete, its size or None): the whole split when it is local or cached,
+    else a stream (network on) whose size comes from the dataset's info."""
+    from datasets import load_dataset
+
+    if Path(prep.path).exists() or hub_offline():
+        ds = load_dataset(prep.path, prep.hub_config or None, split=split)
+        return ds, True, len(ds)
+    ds = load_dataset(prep.path, prep.hub_config or None, split=split, streaming=True)
+    info = ds.info.splits.get(split) if ds.info and ds.info.splits else None
+    return ds, False, info.num_examples if info else None
+
+
+def _missing_split(prep, role: str, split: str) -> str:
+    """Why ``split`` did not load when the dataset has no such split, naming those it has; ""
+    when it has it or its splits cannot be listed (the load error says more then)."""
+    from datasets import get_dataset_split_names
+
+    try:
+        names = get_dataset_split_names(prep.path, prep.hub_config or None)
+    except Exception:  # noqa: BLE001 - listing is a better message, not a requirement
+        return ""
+    if split in names:
+        return ""
+    key = f"prepare.role_sources ({role}={split})" if role else "prepare.hub_split"
+    return f"Hub dataset {prep.path} has no split {split!r}; its splits: {names}; fix {key}"
+
+
+def _hub_columns(prep) -> dict[str, str]:
     cols = {
         "audio": prep.audio_column,
         "text": prep.text_column,
@@ -336,58 +382,138 @@ def _check_hub(prep, seed: int) -> Check:
         "accent": prep.accent_column,
         "id": prep.id_column,
     }
-    need = ["audio", "text"] + [
+    return {**cols, "split": prep.split_column} if prep.split_column else cols
+
+
+def _hub_absent(prep, columns: Sequence[str]) -> list[str]:
+    cols = _hub_columns(prep)
+    need = ["audio", "text", *(["split"] if prep.split_column else [])] + [
         r for r, v in (("speaker", prep.target_speakers), ("accent", prep.target_accents)) if v
     ]
-    absent = [f"{r} column {cols[r]!r} (prepare.{r}_column)" for r in need if cols[r] not in columns]
-    if absent:
-        return Check(name, FAIL, f"Hub dataset {prep.path}: no {', no '.join(absent)}; columns: {columns}")
-    ds = ds.cast_column(prep.audio_column, Audio(decode=False))
-    keep = [c for c in cols.values() if c in columns and c != prep.audio_column]
-    light = ds.select_columns(keep)
-    listed = list(light) if complete else list(light.take(HUB_STREAM_ROWS))
+    return [f"{r} column {cols[r]!r} (prepare.{r}_column)" for r in need if cols[r] not in columns]
+
+
+def _hub_durations(ds, prep, n: int, complete: bool, seed: int) -> list[float]:
+    """Seconds from the audio headers of a seeded sample of the listed rows."""
     from core.seeding import stream_rng
 
-    n = len(listed)
     probe_idx = sorted(
         stream_rng(seed, "preflight", "hub").choice(n, min(n, HUB_DURATION_SAMPLE), replace=False).tolist()
     )
-    probe = ds.select(probe_idx) if complete else list(ds.take(HUB_STREAM_ROWS))
-    seconds = [
-        d
-        for d in (
-            audio_duration(data=(r[prep.audio_column] or {}).get("bytes"))
-            for r in (probe if complete else [probe[i] for i in probe_idx])
-        )
-        if d is not None
-    ]
-    mean = sum(seconds) / len(seconds) if seconds else None
+    if complete:
+        probe = ds.select(probe_idx)
+    else:
+        streamed = list(ds.take(HUB_STREAM_ROWS))
+        probe = [streamed[i] for i in probe_idx]
+    found = (audio_duration(data=(r[prep.audio_column] or {}).get("bytes")) for r in probe)
+    return [d for d in found if d is not None]
+
+
+def _row_role(prep, role: str, row: Mapping) -> str:
+    """The role prepare gives a Hub row: its split's (role_sources), its split column value's
+    (split_map), or none (prepare splits)."""
+    from data_prep.prepare_args import parse_split_map
+
+    if role or not prep.split_column:
+        return role
+    return parse_split_map(prep.split_map).get(str(row.get(prep.split_column) or ""), "?")
+
+
+def _read_hub_split(prep, role: str, split: str, seed: int) -> SimpleNamespace | Check:
+    """One split's rows, size and duration sample; a FAIL Check when it does not load or lacks a column."""
+    from datasets import Audio
+
+    name, where = "dataset source", f"Hub dataset {prep.path} [{split}]"
+    try:
+        ds, complete, n_total = _load_hub_split(prep, split)
+        columns = list(ds.column_names or (ds.features or {}).keys())
+    except Exception as e:  # noqa: BLE001 - whatever datasets raises (config, split, auth), the user needs its words
+        missing = _missing_split(prep, role, split)
+        return Check(name, FAIL, missing or f"{where} does not load: {type(e).__name__}: {e}")
+    absent = _hub_absent(prep, columns)
+    if absent:
+        return Check(name, FAIL, f"{where}: no {', no '.join(absent)}; columns: {columns}")
+    from data_prep.sources import hub_row_id
+
+    ds = ds.cast_column(prep.audio_column, Audio(decode=False))
+    cols = _hub_columns(prep)
+    light = ds.select_columns([c for c in cols.values() if c in columns and c != prep.audio_column])
+    listed = list(light) if complete else list(light.take(HUB_STREAM_ROWS))
     rows = [
         Row(
-            str(r.get(cols["id"]) or i),
+            hub_row_id(r.get(cols["id"]), prep.path, split, i),
             str(r.get(cols["text"]) or ""),
             str(r.get(cols["speaker"]) or ""),
             str(r.get(cols["accent"]) or ""),
             None,
+            role=_row_role(prep, role, r),
         )
         for i, r in enumerate(listed)
     ]
-    values = {"speaker": {r.speaker for r in rows}, "accent": {r.accent for r in rows}}
-    scale = (n_total / n) if (not complete and n_total) else 1.0
+    unmapped = sorted(
+        {str(r.get(prep.split_column) or "") for r, row in zip(listed, rows, strict=True) if row.role == "?"}
+    )
+    if unmapped:
+        return Check(
+            name,
+            FAIL,
+            f"{where}: split column {prep.split_column!r} holds value(s) {unmapped} that prepare.split_map "
+            "does not map; add a VALUE=ROLE item for each (ROLE skip leaves those rows out)",
+        )
+    seconds = _hub_durations(ds, prep, len(rows), complete, seed)
+    return SimpleNamespace(
+        split=split, role=role, rows=rows, n_total=n_total, complete=complete, seconds=seconds
+    )
+
+
+def _check_hub(prep, seed: int) -> Check:
+    """A Hub dataset (or a local copy at prepare.path), every split the roles name: columns from
+    its features, values and durations from the cached copy, or from a streamed sample when the
+    network is allowed."""
+    name = "dataset source"
+    if not Path(prep.path).exists() and hub_offline() and not hub_dataset_cached(prep.path):
+        # datasets would retry the network before giving up; offline and uncached means it cannot work.
+        return Check(
+            name,
+            FAIL,
+            f"Hub dataset {prep.path} is not in the local cache and HF_HUB_OFFLINE is set; "
+            + OFFLINE_FIX.format(key="prepare.path"),
+        )
+    parts = []
+    for role, split in _hub_roles(prep):
+        part = _read_hub_split(prep, role, split, seed)
+        if isinstance(part, Check):
+            return part
+        parts.append(part)
+    rows = [r for p in parts for r in p.rows]
+    mark_duplicates(rows)
+    seconds = [s for p in parts for s in p.seconds]
+    mean = sum(seconds) / len(seconds) if seconds else None
+    complete = all(p.complete for p in parts)
+    # a streamed split is a sample: its rows stand for n_total / n each (per role, sizes differ)
+    role_scale = {p.role: p.n_total / len(p.rows) for p in parts if not p.complete and p.n_total and p.rows}
+    sizes = ", ".join(
+        f"{p.role + ' = ' if p.role else ''}[{p.split}] "
+        f"{p.n_total if p.n_total is not None else 'unknown number of'} rows"
+        for p in parts
+    )
+    by_role = f" (by role: {_role_counts(rows)})" if prep.split_column else ""
     detail = (
-        f"Hub {prep.path} [{prep.hub_split}]: {n_total if n_total is not None else 'unknown number of'} rows"
-        + ("" if complete else f"; values and durations from the first {n} streamed")
+        f"Hub {prep.path}: {sizes}{by_role}"
+        + ("" if complete else f"; values and durations from the first {HUB_STREAM_ROWS} streamed a split")
         + (f"; mean duration {mean:.1f} s from {len(seconds)} headers" if mean else "; durations unknown")
     )
+    splits = ", ".join(p.split for p in parts)
     return Check(
         name,
         OK if complete else WARN,
         detail,
         facts={
             "rows": rows,
-            "scale": scale,
-            "values": values,
-            "where": f"{prep.path} [{prep.hub_split}]",
+            "scale": max(role_scale.values(), default=1.0),
+            "role_scale": role_scale,
+            "values": {"speaker": {r.speaker for r in rows}, "accent": {r.accent for r in rows}},
+            "where": f"{prep.path} [{splits}]",
             "complete": complete,
             "mean_seconds": mean,
             "duration_share": _share_in(seconds, prep),
@@ -405,6 +531,61 @@ def _share_in(seconds: Sequence[float], prep) -> float:
 # ---------------------------------------------------------------------------------------------
 # 3. counts and hours per split after the duration filter
 # ---------------------------------------------------------------------------------------------
+def _target_rule(prep) -> Callable[[Mapping], bool]:
+    wanted = {"speaker": set(prep.target_speakers), "accent": set(prep.target_accents)}
+    if not any(wanted.values()):
+        return lambda r: True
+    return lambda r: r["speaker"] in wanted["speaker"] or r["accent"] in wanted["accent"]
+
+
+def _random_roles(kept: list[dict], prep, is_target, seed: int) -> dict[str, list[dict]]:
+    """prepare's re-split (random_splits without its caps, which the totals apply)."""
+    from core.seeding import stream_rng
+    from data_prep.prepare import split_target, take_groups
+
+    target = [r for r in kept if is_target(r)]
+    train, test = split_target(
+        target, prep.split_by, prep.test_fraction, stream_rng(seed, "prepare", "split")
+    )
+    dev, test = take_groups(test, prep.split_by, prep.dev_utterances, stream_rng(seed, "prepare", "dev"))
+    source = [r for r in kept if not is_target(r)]
+    return {"target_train": train, "target_dev": dev, "target_test": test, "source": source}
+
+
+def _data_roles(kept: list[dict], prep, is_target, seed: int, dropped: Counter) -> dict[str, list[dict]]:
+    """prepare's data_splits itself, its caps off (the totals apply them to whole-source counts)."""
+    from data_prep.prepare import data_splits
+
+    kept = [r for r in kept if r["role"] != "skip"]
+    train_weight = next((r["weight"] for r in kept if r["role"] == "target_train"), 1.0)
+    # dev_utterances counts whole-source rows; in a sample each row stands for `weight` of them
+    dev_n = math.ceil(prep.dev_utterances / train_weight) if prep.dev_utterances else 0
+    args = SimpleNamespace(
+        **{**vars(prep), "max_train_utterances": 0, "max_test_utterances": 0, "dev_utterances": dev_n}
+    )
+    role_of = {r["id"]: r["role"] for r in kept}
+    return data_splits(kept, role_of, is_target, args, seed, dropped, [])
+
+
+def _totals(named: Mapping[str, list[dict]], prep, hours_known: bool) -> dict[str, dict[str, float]]:
+    """Utterances and hours per split, weighted up to the whole source, prepare's caps applied."""
+    out = {}
+    for split, limit in (
+        ("target_train", prep.max_train_utterances),
+        ("target_dev", 0),
+        ("target_test", prep.max_test_utterances),
+        ("source", 0),
+    ):
+        part = named[split]
+        n = sum(r["weight"] for r in part)
+        secs = sum((r["duration"] or 0.0) * r["weight"] for r in part)
+        # prepare's caps draw which rows stay; for totals, scaling to the cap is the same
+        if limit and n > limit:
+            secs, n = secs * limit / n, limit
+        out[split] = {"utterances": round(n), "hours": secs / 3600 if hours_known else float("nan")}
+    return out
+
+
 def split_estimate(
     rows: Sequence[Row],
     prep,
@@ -412,66 +593,52 @@ def split_estimate(
     scale: float = 1.0,
     mean_seconds: float | None = None,
     duration_share: float = 1.0,
+    role_scale: Mapping[str, float] | None = None,
+    dropped: Counter | None = None,
 ) -> dict[str, dict[str, float]]:
     """Utterances and hours per split as prepare will write them: its skips, its duration filter,
-    its target rule and its group split (the same functions, on rows without audio).
+    its target rule and its split, a re-split or the data's own roles (the same functions, on rows
+    without audio).
 
-    Unknown durations count as ``mean_seconds`` (or the mean of the known ones); ``scale`` and
-    ``duration_share`` scale a sample up to the whole source.
+    Unknown durations count as ``mean_seconds`` (or the mean of the known ones); ``scale`` (or,
+    per role, ``role_scale``) and ``duration_share`` scale a sample up to the whole source.
+    ``dropped`` gets what the data's roles drop (non_target_held_out, refused_protected_text).
     """
-    from core.seeding import stream_rng
-    from data_prep.prepare import split_target, take_groups
+    from data_prep.sources import role_origins
 
     known = [r.duration for r in rows if r.duration is not None]
     mean = mean_seconds or (sum(known) / len(known) if known else None)
-    kept = []
-    for r in rows:
-        if r.problem or (r.duration is not None and not prep.min_duration <= r.duration <= prep.max_duration):
-            continue
-        kept.append(
-            {
-                "id": r.id,
-                "text": r.text,
-                "speaker": r.speaker,
-                "accent": r.accent,
-                "duration": r.duration if r.duration is not None else mean,
-            }
-        )
-    wanted = {"speaker": set(prep.target_speakers), "accent": set(prep.target_accents)}
-    is_target = (
-        (lambda r: r["speaker"] in wanted["speaker"] or r["accent"] in wanted["accent"])
-        if any(wanted.values())
-        else (lambda r: True)
-    )
-    target = [r for r in kept if is_target(r)]
-    source = [r for r in kept if not is_target(r)] if prep.keep_source else []
-    train, test = split_target(
-        target, prep.split_by, prep.test_fraction, stream_rng(seed, "prepare", "split")
-    )
-    dev, test = take_groups(test, prep.split_by, prep.dev_utterances, stream_rng(seed, "prepare", "dev"))
-    # prepare's caps draw which rows stay; for totals, scaling to the cap is the same. Scale the
-    # sample up first: the caps apply to whole-source counts.
-    out = {}
-    for split, part, limit in (
-        ("target_train", train, prep.max_train_utterances),
-        ("target_dev", dev, 0),
-        ("target_test", test, prep.max_test_utterances),
-        ("source", source, 0),
-    ):
-        n = len(part) * scale * duration_share
-        secs = sum(r["duration"] or 0.0 for r in part) * scale * duration_share
-        if limit and n > limit:
-            secs, n = secs * limit / n, limit
-        out[split] = {
-            "utterances": round(n),
-            "hours": secs / 3600 if mean is not None or known else float("nan"),
+    role_scale = role_scale or {}
+    kept = [
+        {
+            "id": r.id,
+            "text": r.text,
+            "speaker": r.speaker,
+            "accent": r.accent,
+            "duration": r.duration if r.duration is not None else mean,
+            "role": r.role,
+            "weight": role_scale.get(r.role, scale) * duration_share,
         }
-    return out
+        for r in rows
+        if not r.problem and (r.duration is None or prep.min_duration <= r.duration <= prep.max_duration)
+    ]
+    is_target = _target_rule(prep)
+    if role_origins(prep):
+        named = _data_roles(kept, prep, is_target, seed, Counter() if dropped is None else dropped)
+    else:
+        named = _random_roles(kept, prep, is_target, seed)
+    if not prep.keep_source:
+        named["source"] = []
+    return _totals(named, prep, mean is not None)
 
 
 def check_splits(src: Check, prep, seed: int) -> Check:
+    from data_prep.sources import role_origins
+
     name = "splits after filters"
     rows = src.facts["rows"]
+    dropped = Counter(r.problem for r in rows if r.problem)
+    dropped["split_not_used"] = sum(r.role == "skip" for r in rows)
     est = split_estimate(
         rows,
         prep,
@@ -479,22 +646,28 @@ def check_splits(src: Check, prep, seed: int) -> Check:
         src.facts.get("scale", 1.0),
         src.facts.get("mean_seconds"),
         src.facts.get("duration_share", 1.0),
+        src.facts.get("role_scale"),
+        dropped,
     )
-    dropped = Counter(r.problem for r in rows if r.problem)
     dropped.update(
         "too_short" if r.duration < prep.min_duration else "too_long"
         for r in rows
         if not r.problem
+        and r.role != "skip"
         and r.duration is not None
         and not prep.min_duration <= r.duration <= prep.max_duration
     )
+    dropped = +dropped
     unknown = sum(1 for r in rows if not r.problem and r.duration is None)
 
     def hours(h: float) -> str:
         return "unknown h" if math.isnan(h) else f"{h * 60:.1f} min" if h < 1 else f"{h:.1f} h"
 
+    origins = role_origins(prep)
     parts = [f"{k} {v['utterances']} ({hours(v['hours'])})" for k, v in est.items() if v["utterances"]]
     detail = "; ".join(parts) or "nothing kept"
+    if origins:
+        detail += f"; splits from the data ({', '.join(f'{k}: {v}' for k, v in origins.items())})"
     if dropped:
         detail += f"; prepare will drop {dict(dropped)}" + (
             " (in the sample)" if src.facts.get("scale", 1) > 1 else ""
@@ -504,9 +677,15 @@ def check_splits(src: Check, prep, seed: int) -> Check:
     status = OK
     if not est["target_train"]["utterances"] or not est["target_test"]["utterances"]:
         status = FAIL
+        fix = (
+            "check target_*, which split each role reads (role_sources / split_map) and dev_utterances "
+            "(taken out of target_train when no role is target_dev)"
+            if origins
+            else "check target_*, split_by (one speaker cannot be split by speaker) and test_fraction"
+        )
         detail += (
             "; target_train and target_test must both hold utterances (train needs one, evaluation the other): "
-            "check target_*, split_by (one speaker cannot be split by speaker) and test_fraction"
+            + fix
         )
     elif dropped.get("missing_file") and prep.on_error == "raise":
         status = FAIL

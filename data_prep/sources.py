@@ -450,6 +450,12 @@ def read_audiofolder(path: str, opts: TableOptions) -> Iterator[RawUtterance]:
     yield from _records_from_table(header, rows, root, str(meta), opts, fixed)
 
 
+def hub_row_id(value, name: str, split: str, index: int) -> str:
+    """A Hub row's id: its id column, else one from the dataset, split and row number (the
+    preflight builds the same ids, since prepare's dev/test draws order groups by them)."""
+    return str(value or f"{name.replace('/', '-')}-{split}-{index:07d}")
+
+
 def read_hub(name: str, config: str, split: str, opts: TableOptions) -> Iterator[RawUtterance]:
     """A Hub dataset; audio is read undecoded (bytes) so decoding errors surface per utterance.
 
@@ -465,7 +471,7 @@ def read_hub(name: str, config: str, split: str, opts: TableOptions) -> Iterator
     ds = ds.cast_column(columns["audio"], Audio(decode=False))
     for i, row in enumerate(ds):
         audio = row[columns["audio"]] or {}
-        uid = str(row.get(columns["id"]) or f"{name.replace('/', '-')}-{split}-{i:07d}")
+        uid = hub_row_id(row.get(columns["id"]), name, split, i)
         yield RawUtterance(
             id=uid,
             text=row.get(columns["text"]),

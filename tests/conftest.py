@@ -16,6 +16,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def edacc_features():
+    """EdAcc's Hub features (edinburghcstr/edacc, parquet), in its column order."""
+    from datasets import Audio, Features, Value
+
+    text = Value("string")
+    return Features(
+        {
+            **{k: text for k in ("speaker", "text", "accent", "raw_accent", "gender", "l1")},
+            "audio": Audio(sampling_rate=16_000),
+        }
+    )
+
+
 def tone(
     seconds: float, rate: int = 16_000, freq: float = 220.0, seed: int = 0, channels: int = 1
 ) -> np.ndarray:

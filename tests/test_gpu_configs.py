@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
-from datasets import Audio, Dataset, Features, Value
+from conftest import REPO, edacc_features
+from datasets import Dataset
 from test_tts_models import tiny_vits
 from tiny_asr import ESPEAK, speak, tiny_wav2vec2, tiny_whisper
 
@@ -26,18 +26,7 @@ from recipe.train import main as train
 
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng not installed")
 
-# EdAcc's Hub features (edinburghcstr/edacc, parquet), in its column order.
-EDACC = Features(
-    {
-        "speaker": Value("string"),
-        "text": Value("string"),
-        "accent": Value("string"),
-        "raw_accent": Value("string"),
-        "gender": Value("string"),
-        "l1": Value("string"),
-        "audio": Audio(sampling_rate=16_000),
-    }
-)
+EDACC = edacc_features()
 INDIAN = ("Indian English", "indian english", "male", "Hindi")
 SCOTTISH = ("Scottish English", "scottish", "female", "English")
 # (speaker, (accent, raw_accent, gender, l1), espeak voice, texts)

@@ -14,7 +14,7 @@ import yaml
 
 from data_prep import preflight as pf
 from data_prep.prepare_args import PrepareArgs
-from tests.conftest import REPO, tone, write_wav
+from tests.conftest import REPO, edacc_features, tone, write_wav
 from tests.tiny_asr import tiny_wav2vec2, tiny_whisper
 
 Usage = namedtuple("Usage", "total used free")
@@ -307,7 +307,7 @@ def test_a_hub_source_at_a_local_copy_is_read_from_its_features_and_a_sample(tmp
         source="hub", path=str(folder), hub_split="train", target_accents=["indian"], split_by="speaker"
     )
     wrong_split = pf.check_source(args)
-    assert wrong_split.status == pf.FAIL and "Unknown split" in wrong_split.detail
+    assert wrong_split.status == pf.FAIL and "its splits: ['validation']" in wrong_split.detail
     args.hub_split = "validation"
     src = pf.check_source(args)
     assert src.status == pf.OK and src.facts["mean_seconds"] == pytest.approx(1.5)
@@ -317,3 +317,129 @@ def test_a_hub_source_at_a_local_copy_is_read_from_its_features_and_a_sample(tmp
     splits = pf.check_splits(src, args, seed=0).facts["splits"]
     assert splits["target_train"]["utterances"] + splits["target_test"]["utterances"] == 2
     assert splits["source"]["utterances"] == 2
+
+
+# -- splits the data names (role_sources, split_column) ---------------------------------------------
+INDIAN = ("Indian English", "indian english", "male", "Hindi")
+SCOTTISH = ("Scottish English", "scottish", "female", "English")
+# EdAcc's shape: its own validation and test splits, speaker-disjoint, one text in both
+EDACC_SPLITS = {
+    "validation": [
+        ("EDACC-C01-A", INDIAN, ["open the door", "call my office", "hello world"]),
+        ("EDACC-C02-A", INDIAN, ["turn the lights off", "play some music", "good morning"]),
+        ("EDACC-C03-B", INDIAN, ["press the pound key", "goodbye"]),
+        ("EDACC-C04-A", SCOTTISH, ["close the window", "what time is it", "see you soon"]),
+    ],
+    "test": [
+        ("EDACC-C05-A", INDIAN, ["see you soon", "read me the news"]),
+        ("EDACC-C06-B", SCOTTISH, ["where is the station"]),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def edacc_copy(tmp_path_factory) -> Path:
+    """A local copy of a Hub dataset in EdAcc's schema: `data/<split>-00000-of-00001.parquet`."""
+    from datasets import Dataset
+
+    root = tmp_path_factory.mktemp("edacc")
+    (root / "data").mkdir()
+    features = edacc_features()
+    for split, speakers in EDACC_SPLITS.items():
+        rows = {k: [] for k in features}
+        for speaker, (accent, raw, gender, l1), texts in speakers:
+            for i, text in enumerate(texts):
+                for key, value in zip(
+                    list(features)[:-1], (speaker, text, accent, raw, gender, l1), strict=True
+                ):
+                    rows[key].append(value)
+                audio = tone(0.5 + 0.1 * i, seed=len(rows["text"]))
+                rows["audio"].append({"path": f"{speaker}-{i}.wav", "array": audio, "sampling_rate": 16_000})
+        Dataset.from_dict(rows, features=features).to_parquet(
+            str(root / "data" / f"{split}-00000-of-00001.parquet")
+        )
+    return root
+
+
+def prepared(tmp_path, prepare_section: dict) -> dict:
+    """The report of the real prepare stage on the same data and settings."""
+    import json
+
+    from data_prep.prepare import main as prepare
+
+    config = tmp_path / "prepare.yaml"
+    config.write_text(
+        yaml.safe_dump({"run": {"output_dir": str(tmp_path / "exp")}, "prepare": prepare_section})
+    )
+    prepare(["--config", str(config)])
+    return json.loads((tmp_path / "exp" / "data" / "report.json").read_text())
+
+
+def assert_counts_match(est: dict, report: dict) -> None:
+    counts = {k: v["utterances"] for k, v in est.items() if v["utterances"]}
+    assert counts == report["kept"]
+    for split, hours in report["hours"].items():
+        assert est[split]["hours"] == pytest.approx(hours, abs=1e-4)
+
+
+def test_role_sources_of_a_hub_copy_give_per_role_counts_as_prepare_writes(tmp_path, edacc_copy):
+    section = {
+        "source": "hub",
+        "path": str(edacc_copy),
+        "role_sources": ["target_train=validation", "target_test=test"],
+        "target_accents": ["Indian English"],
+        "split_by": "speaker",
+        "dev_utterances": 1,
+    }
+    args = PrepareArgs(**section)
+    src = pf.check_source(args)
+    assert src.status == pf.OK, src.detail
+    assert "target_train = [validation] 11 rows" in src.detail and "target_test = [test] 3 rows" in src.detail
+    assert src.facts["values"]["accent"] == {"Indian English", "Scottish English"}  # both splits' values
+    assert pf.check_targets(src.facts["values"], {"accent": args.target_accents}, "x").status == pf.OK
+    splits = pf.check_splits(src, args, seed=0)
+    assert splits.status == pf.OK and "splits from the data" in splits.detail
+    assert "'non_target_held_out': 1" in splits.detail and "'refused_protected_text': 1" in splits.detail
+    assert_counts_match(splits.facts["splits"], prepared(tmp_path, section))
+
+
+def test_a_role_naming_a_missing_split_fails_naming_the_splits_there_are(edacc_copy):
+    args = PrepareArgs(
+        source="hub", path=str(edacc_copy), role_sources=["target_train=train", "target_test=test"]
+    )
+    check = pf.check_source(args)
+    assert check.status == pf.FAIL
+    assert "no split 'train'" in check.detail and "target_train=train" in check.detail
+    assert "'validation'" in check.detail and "'test'" in check.detail
+
+
+def test_a_split_column_with_a_split_map_gives_per_role_counts_as_prepare_writes(tmp_path):
+    split_of = ["train", "train", "train", "dev", "test", "test", "train", "other"]
+    rows = [
+        {"audio": f"a{i}.wav", "text": f"please hold line {i}", "speaker": f"s{i}", "split": s}
+        for i, s in enumerate(split_of)
+    ]
+    section = {
+        "source": "csv",
+        "path": str(manifest(tmp_path / "data", rows)),
+        "split_column": "split",
+        "split_map": ["train=target_train", "dev=target_dev", "test=target_test", "other=skip"],
+        "max_duration": 1.05,  # drops the last train row (1.1 s); the skipped row is not looked at
+        "max_test_utterances": 1,
+    }
+    args = PrepareArgs(**section)
+    src = pf.check_source(args)
+    assert src.status == pf.OK and "target_train 4" in src.detail and "skip 1" in src.detail
+    splits = pf.check_splits(src, args, seed=0)
+    est = splits.facts["splits"]
+    assert [est[k]["utterances"] for k in ("target_train", "target_dev", "target_test")] == [3, 1, 1]
+    assert "'split_not_used': 1" in splits.detail and "'too_long': 1" in splits.detail
+    assert_counts_match(est, prepared(tmp_path, section))
+
+
+def test_a_role_naming_a_missing_manifest_fails_naming_the_role(tmp_path, accents_csv):
+    args = PrepareArgs(
+        source="csv", role_sources=[f"target_train={accents_csv}", f"target_test={tmp_path / 'nope.csv'}"]
+    )
+    check = pf.check_source(args)
+    assert check.status == pf.FAIL and "role target_test" in check.detail and "nope.csv" in check.detail
