@@ -322,8 +322,8 @@ def test_two_ablations_share_a_run_instead_of_training_it_twice(tmp_path):
     )
     cmd = [sys.executable, "-c", code, str(result), str(count)]
     with Messages() as messages:
-        first, a = in_thread(ablation._run_once, cmd, out, result, "real_only seed 0")
-        second, b = in_thread(ablation._run_once, cmd, out, result, "real_only seed 0")
+        first, a = in_thread(ablation._run_once, cmd, out, result, "real_only seed 0", [])
+        second, b = in_thread(ablation._run_once, cmd, out, result, "real_only seed 0", [])
         first.join(30)
         second.join(30)
     assert "error" not in a and "error" not in b, (a, b)
