@@ -8,6 +8,7 @@ once: one makes it, the others skip it and wait for it before merging.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -281,8 +282,25 @@ def run_shard(task: ShardTask, wait: bool = False) -> dict[str, Any] | None:
         return _make_shard(task, shards_dir / name)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """One torch thread while a shard is made (parallelism comes from shards), then the caller's
+    count again: with ``num_proc: 1`` the shards run in the stage's own process, and the gate
+    that decodes after them there would otherwise run on one of the machine's cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _make_shard(task: ShardTask, out: Path) -> dict[str, Any]:
-    torch.set_num_threads(1)  # one shard, one core: parallelism comes from shards
+    with _one_thread():
+        return _make_shard_in_one_thread(task, out)
+
+
+def _make_shard_in_one_thread(task: ShardTask, out: Path) -> dict[str, Any]:
     t0, cpu0 = time.time(), _cpu_seconds()
     name = out.name
     worker = _ShardWorker(task)
