@@ -138,6 +138,15 @@ def tones_exp(tmp_path_factory):
     return exp, report, counter.utterances
 
 
+def test_a_budget_larger_than_the_pool_stops_before_embedding(tmp_path, monkeypatch):
+    # The GPU configs ask for budget:20000; on a smaller pool this used to fail only after embedding.
+    exp = save_exp(tmp_path, *tone_rows(np.random.default_rng(0)))
+    counter = CountingEmbed(monkeypatch)
+    with pytest.raises(ValueError, match=r"budget:91 asks for more candidates than the 90"):
+        filter_stage(exp, "--policy", "budget:91")
+    assert counter.utterances == 0
+
+
 def test_outputs(tones_exp):
     exp, report, embedded = tones_exp
     out = exp / "filter"

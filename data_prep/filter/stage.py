@@ -55,6 +55,7 @@ from data_prep.filter.sample import (
     accept_probabilities,
     check_grouping,
     importance_weights,
+    parse_policy,
     rejection_sample,
     rejection_sample_by_group,
 )
@@ -185,6 +186,13 @@ def _run_filter(run, args, world: int, *estimator_options) -> dict:
     if len(target) < 2 or len(cands) < 2:
         raise ValueError(
             f"the filter needs at least 2 target and 2 candidate utterances, got {len(target)} and {len(cands)}"
+        )
+    kind, value = parse_policy(args.policy)
+    if kind == "budget" and value > len(cands):
+        # Known from the row count: say so before minutes (hours on a GPU pool) of embedding.
+        raise ValueError(
+            f"policy budget:{int(value)} asks for more candidates than the {len(cands)} generate made "
+            f"({args.candidates_dir or exp.candidates_dataset}): lower the budget below {len(cands)}, or generate more candidates"
         )
     log.info("filter: %d target_train utterances (p), %d candidates (q)", len(target), len(cands))
     t = lap("load", t0)
