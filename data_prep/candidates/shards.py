@@ -295,12 +295,8 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
+@_one_thread()
 def _make_shard(task: ShardTask, out: Path) -> dict[str, Any]:
-    with _one_thread():
-        return _make_shard_in_one_thread(task, out)
-
-
-def _make_shard_in_one_thread(task: ShardTask, out: Path) -> dict[str, Any]:
     t0, cpu0 = time.time(), _cpu_seconds()
     name = out.name
     worker = _ShardWorker(task)
